@@ -1,0 +1,1 @@
+"""Configuration files shipped with the package (YAML), read with importlib.resources."""

@@ -1,0 +1,1 @@
+"""Gradio demo: see the segmentation and demo issue."""

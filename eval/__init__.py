@@ -1,0 +1,1 @@
+"""Benchmark evaluation (metrics, dataset readers, runner): see the evaluation issue."""

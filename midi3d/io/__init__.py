@@ -1,0 +1,1 @@
+"""Reading user inputs (images, label maps) and writing scenes."""

@@ -1,0 +1,210 @@
+"""Attention processors for the MIDI transformer and shape VAE.
+
+The modules that own the weights are diffusers ``Attention`` instances; these small
+processors hold the maths and are swapped with ``set_attn_processor``.
+
+Two conventions of the official checkpoints are reproduced here:
+
+* **Heads-first split.** Self-attention concatenates ``[Q | K | V]`` along channels and
+  views it as ``[B, L, H, 3d]``; cross-attention does the same with ``[K | V]`` and
+  ``[B, S, H, 2d]`` (the query of a cross-attention is split normally).
+* **QK RMS-norm** per head (the ``norm_q`` / ``norm_k`` modules, absent in the VAE).
+
+Multi-instance attention lets every instance of a scene attend to the keys and values of
+all instances of that scene. It is computed without repeating keys/values: the queries of
+one scene are viewed as a single sequence of ``N * L`` tokens and attend once to the
+scene's concatenated keys/values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+InstanceCounts = int | Sequence[int]
+
+
+def split_heads_first(attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None):
+    """Project and split into heads with the official heads-first layout.
+
+    Args:
+        attn: a diffusers ``Attention`` module (``to_q``, ``to_k``, ``to_v``, optional
+            ``norm_q``/``norm_k``/``norm_cross``).
+        hidden_states: ``[B, L, W]`` query-side tokens.
+        encoder_hidden_states: ``[B, S, D]`` key/value tokens, or ``None`` for self-attention.
+
+    Returns:
+        ``(q, k, v)``, each ``[B, H, tokens, d]``.
+    """
+    batch, length, _ = hidden_states.shape
+    heads = attn.heads
+    query = attn.to_q(hidden_states)
+    head_dim = query.shape[-1] // heads
+    if encoder_hidden_states is None:
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        qkv = torch.cat([query, key, value], dim=-1).view(batch, length, heads, 3 * head_dim)
+        query, key, value = qkv.split(head_dim, dim=-1)
+    else:
+        if attn.norm_cross is not None:
+            encoder_hidden_states = attn.norm_cross(encoder_hidden_states)
+        kv_len = encoder_hidden_states.shape[1]
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        kv = torch.cat([key, value], dim=-1).view(batch, kv_len, heads, 2 * head_dim)
+        key, value = kv.split(head_dim, dim=-1)
+        query = query.view(batch, length, heads, head_dim)
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+
+
+def merge_heads(attn, hidden_states: Tensor, dtype: torch.dtype) -> Tensor:
+    """``[B, H, L, d]`` → output projection of ``[B, L, H*d]``."""
+    batch, heads, length, head_dim = hidden_states.shape
+    hidden_states = hidden_states.transpose(1, 2).reshape(batch, length, heads * head_dim).to(dtype)
+    hidden_states = attn.to_out[0](hidden_states)
+    return attn.to_out[1](hidden_states)
+
+
+class MIDIAttnProcessor:
+    """Plain attention with the heads-first split and QK norm (per-sequence)."""
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        num_instances: InstanceCounts | None = None,
+        num_instances_per_batch: int | None = None,
+        **_: object,
+    ) -> Tensor:
+        q, k, v = split_heads_first(attn, hidden_states, encoder_hidden_states)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return merge_heads(attn, out, hidden_states.dtype)
+
+
+def instance_groups(
+    batch_size: int, num_instances: InstanceCounts, num_instances_per_batch: int | None = None
+) -> list[int]:
+    """Sizes of the consecutive row groups that attend jointly.
+
+    ``num_instances`` is either one count N shared by every scene (rows are whole scenes of
+    N consecutive instances) or a list of per-scene counts. With ``num_instances_per_batch``
+    P, each scene occupies a block of P rows whose first ``n_s`` do multi-instance attention
+    and whose remaining ``P - n_s`` rows attend alone (padding or single objects). The list
+    is repeated when it covers an integer fraction of the batch (classifier-free guidance).
+
+    Returns:
+        group sizes summing to ``batch_size``.
+    """
+    if isinstance(num_instances, int):
+        counts = [num_instances]
+    else:
+        counts = [int(n) for n in num_instances]
+    if not counts or any(n < 1 for n in counts):
+        raise ValueError(f"num_instances must hold positive counts, got {num_instances!r}")
+    groups: list[int] = []
+    for n in counts:
+        if num_instances_per_batch is None:
+            groups.append(n)
+        else:
+            if n > num_instances_per_batch:
+                raise ValueError(f"scene with {n} instances exceeds num_instances_per_batch={num_instances_per_batch}")
+            groups.append(n)
+            groups.extend([1] * (num_instances_per_batch - n))
+    period = sum(groups)
+    if batch_size % period != 0:
+        raise ValueError(f"batch of {batch_size} rows is not a multiple of the instance layout ({period} rows)")
+    return groups * (batch_size // period)
+
+
+class MultiInstanceAttnProcessor:
+    """Self-attention where all instances of a scene attend to each other's tokens.
+
+    Each query row of a scene attends over the keys/values of all ``N`` rows of that scene
+    (``N * L`` keys). Groups of equal size are batched into one attention call per size.
+    """
+
+    def __call__(
+        self,
+        attn,
+        hidden_states: Tensor,
+        encoder_hidden_states: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+        num_instances: InstanceCounts | None = None,
+        num_instances_per_batch: int | None = None,
+        **_: object,
+    ) -> Tensor:
+        if encoder_hidden_states is not None:
+            raise ValueError("multi-instance attention is a self-attention; got encoder_hidden_states")
+        if num_instances is None:
+            raise ValueError(
+                "multi-instance attention needs `num_instances` in attention_kwargs "
+                "(the official code silently returns garbage without it)"
+            )
+        q, k, v = split_heads_first(attn, hidden_states, None)
+        groups = instance_groups(q.shape[0], num_instances, num_instances_per_batch)
+        out = multi_instance_attention(q, k, v, groups)
+        return merge_heads(attn, out, hidden_states.dtype)
+
+
+def multi_instance_attention(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[int]) -> Tensor:
+    """Joint attention inside consecutive row groups, without repeating keys/values.
+
+    Args:
+        q, k, v: ``[B, H, L, d]``.
+        groups: sizes of consecutive row groups, summing to ``B``.
+
+    Returns:
+        ``[B, H, L, d]``.
+    """
+    batch, heads, length, head_dim = q.shape
+    if len(set(groups)) == 1:
+        return _grouped_attention(q, k, v, groups[0])
+    # Mixed sizes: one call per distinct size, rows gathered by index.
+    out = torch.empty_like(q)
+    starts = torch.tensor([0, *groups[:-1]]).cumsum(0).tolist()
+    by_size: dict[int, list[int]] = {}
+    for start, size in zip(starts, groups):
+        by_size.setdefault(size, []).append(start)
+    for size, group_starts in by_size.items():
+        rows = torch.tensor([s + i for s in group_starts for i in range(size)], device=q.device)
+        out[rows] = _grouped_attention(q[rows], k[rows], v[rows], size)
+    return out
+
+
+def _grouped_attention(q: Tensor, k: Tensor, v: Tensor, size: int) -> Tensor:
+    """Attention within consecutive groups of ``size`` rows (all groups equal)."""
+    batch, heads, length, head_dim = q.shape
+    if size == 1:
+        return F.scaled_dot_product_attention(q, k, v)
+    scenes = batch // size
+
+    def to_scene(x: Tensor) -> Tensor:  # [S*N, H, L, d] -> [S, H, N*L, d]
+        return x.view(scenes, size, heads, length, head_dim).transpose(1, 2).reshape(scenes, heads, size * length, head_dim)
+
+    out = F.scaled_dot_product_attention(to_scene(q), to_scene(k), to_scene(v))
+    return out.view(scenes, heads, size, length, head_dim).transpose(1, 2).reshape(batch, heads, length, head_dim)
+
+
+def repeated_multi_instance_attention(q: Tensor, k: Tensor, v: Tensor, num_instances: int) -> Tensor:
+    """Reference formulation of the official code: keys/values repeated for every instance.
+
+    Kept for tests and benchmarks only (memory grows with ``N**2``).
+    """
+    batch, heads, length, head_dim = q.shape
+    scenes = batch // num_instances
+
+    def scene_kv(x: Tensor) -> Tensor:  # [S*N, H, L, d] -> [S*N, H, N*L, d]
+        x = x.view(scenes, num_instances, heads, length, head_dim).transpose(1, 2)
+        x = x.reshape(scenes, heads, num_instances * length, head_dim)
+        return x.repeat_interleave(num_instances, dim=0)
+
+    return F.scaled_dot_product_attention(q, scene_kv(k), scene_kv(v))

@@ -1,0 +1,5 @@
+"""Samplers."""
+
+from .rectified_flow import RectifiedFlowScheduler
+
+__all__ = ["RectifiedFlowScheduler"]
