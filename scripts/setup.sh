@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set up midi3d on a fresh Debian machine: system packages, a virtual environment in .venv,
+# and the package (with the `dev` extra when called as `setup.sh dev`). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SYSTEM_PACKAGES=(libusb-1.0-0 libgl1)   # Open3D's runtime libraries
+missing=()
+for pkg in "${SYSTEM_PACKAGES[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing system packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+extra=""; [ "${1:-}" = "dev" ] && extra="[dev]"
+.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e ".${extra}" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import midi3d" # fail loudly if the install did not work
