@@ -15,8 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="midi3d: one photo of a scene → 3D object meshes in a shared scene frame.")
-err_console = Console(stderr=True)
-console = Console()
+err_console = Console(stderr=True, soft_wrap=True)
+console = Console(soft_wrap=True)
 
 EXIT_BAD_INPUT = 2
 EXIT_SCENES_FAILED = 1

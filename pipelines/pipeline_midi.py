@@ -92,11 +92,18 @@ def _load_transformers_model(class_name: str):
         config = read_json(folder / "config.json")
         _weight_files(folder, "model", allow_pickle)  # refuses pickles unless allowed
         cls = getattr(transformers, class_name)
+        from transformers.utils import logging as hf_logging
+
+        bar_was_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
         try:
             model, info = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
                                               use_safetensors=not allow_pickle or None, output_loading_info=True)
         except Exception as err:
             raise CheckpointError(f"{folder}: cannot load {class_name} ({type(err).__name__}: {err})") from None
+        finally:
+            if bar_was_enabled:
+                hf_logging.enable_progress_bar()
         ignored = ("position_ids",)
         missing = [k for k in info.get("missing_keys", []) if not k.endswith(ignored)]
         unexpected = [k for k in info.get("unexpected_keys", []) if not k.endswith(ignored)]

@@ -89,7 +89,8 @@ def calibrate_decoder_bias(vae, num_tokens: int, occupancy: float, seed: int) ->
     """Shift the decoder output bias so that a random latent occupies ``occupancy`` of the box.
 
     A random network's field is high-frequency noise that rarely crosses zero; the stand-in
-    keeps only the lowest two embedding frequencies (smooth blobs) and shifts the bias.
+    keeps only the lowest two embedding frequencies (smooth blobs), damps the latents'
+    influence and shifts the bias.
     """
     freqs = vae.embedder.num_freqs
     keep = torch.zeros(vae.embedder.out_dim, dtype=torch.bool)
@@ -98,6 +99,8 @@ def calibrate_decoder_bias(vae, num_tokens: int, occupancy: float, seed: int) ->
         for axis in range(3):
             keep[block + axis * freqs : block + axis * freqs + 2] = True
     vae.decoder.proj_query.weight[:, ~keep] = 0.0
+    # Damp the latents' influence so the calibrated occupancy holds for any generated latent.
+    vae.decoder.blocks[-1].attn2.to_out[0].weight.mul_(0.05)
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn(1, num_tokens, vae.config.latent_channels, generator=generator)
     points = torch.rand(1, 20000, 3, generator=generator) * 2 - 1

@@ -1,0 +1,158 @@
+"""The ``midi3d generate`` command: outputs, folder mode and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+from typer.testing import CliRunner
+
+from midi3d.cli import app
+from midi3d.models.factory import PipelineSpec, build_pipeline
+
+from .conftest import BUNDLED, TEST_SPEC
+
+FAST = ["--steps", "2", "--resolution", "32", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    build_pipeline(PipelineSpec(**TEST_SPEC)).save_pretrained(folder)
+    return folder
+
+
+def run(*args):
+    result = CliRunner().invoke(app, ["generate", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def glb_nodes(path: Path) -> list[str]:
+    scene = trimesh.load(path)
+    return sorted(scene.graph.nodes_geometry)
+
+
+def test_bundled_example_single_image(tmp_path, model_dir):
+    out = tmp_path / "scene.glb"
+    code, output = run(BUNDLED / "blocks-5_rgb.png", "--seg", BUNDLED / "blocks-5_seg.png", "-o", out,
+                       "--model", model_dir, *FAST)
+    assert code == 0, output
+    scene = trimesh.load(out)
+    empty = scene.metadata.get("midi3d_empty_instance_ids", [])
+    assert sorted(glb_nodes(out) + [f"instance_{i}" for i in empty]) == [f"instance_{i}" for i in range(1, 6)]
+    assert len(glb_nodes(out)) >= 1
+
+
+@pytest.mark.parametrize("fmt", ["obj", "ply"])
+def test_other_formats(tmp_path, model_dir, fmt):
+    out = tmp_path / f"scene.{fmt}"
+    code, output = run(BUNDLED / "blocks-5_rgb.png", "--seg", BUNDLED / "blocks-5_seg.png", "-o", out,
+                       "--model", model_dir, *FAST)
+    assert code == 0, output
+    assert len(trimesh.load(out, force="mesh").vertices) > 0
+
+
+def test_embedded_default_model(tmp_path):
+    out = tmp_path / "scene.glb"
+    code, output = run(BUNDLED / "blocks-5_rgb.png", "--seg", BUNDLED / "blocks-5_seg.png", "-o", out,
+                       "--steps", "2", "--resolution", "64", "--quiet")
+    assert code == 0, output
+    assert len(glb_nodes(out)) == 5
+
+
+def write_pair(folder: Path, name: str, size=(40, 40), ids=(1, 2)):
+    rgb = np.full((*size, 3), 255, np.uint8)
+    seg = np.zeros(size, np.uint8)
+    for k, i in enumerate(ids):
+        seg[5 + 10 * k : 12 + 10 * k, 5:30] = i
+        rgb[seg == i] = (40 * k, 100, 200)
+    Image.fromarray(rgb).save(folder / f"{name}_rgb.png")
+    Image.fromarray(seg).save(folder / f"{name}_seg.png")
+
+
+def test_folder_mode_continues_after_a_failure(tmp_path, model_dir):
+    src = tmp_path / "in"
+    src.mkdir()
+    write_pair(src, "good")
+    write_pair(src, "bad")
+    (src / "bad_seg.png").write_text("not an image")
+    code, output = run(src, "-o", tmp_path / "out", "--model", model_dir, "--steps", "2", "--resolution", "32")
+    assert code == 1
+    assert (tmp_path / "out" / "good.glb").is_file()
+    assert not (tmp_path / "out" / "bad.glb").exists()
+    assert "bad" in output and "not an image" in output
+
+
+def test_folder_mode_on_real_examples(tmp_path, model_dir, examples_dir):
+    code, output = run(examples_dir, "-o", tmp_path / "out", "--model", model_dir, *FAST)
+    assert code == 0, output
+    written = sorted(p.stem for p in (tmp_path / "out").glob("*.glb"))
+    assert written == sorted(p.name[: -len("_rgb.png")] for p in examples_dir.glob("*_rgb.png"))
+
+
+def assert_clean_error(code, output, *fragments):
+    assert code == 2, output
+    lines = [line for line in output.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), output
+    for fragment in fragments:
+        assert fragment in lines[0], output
+
+
+def test_errors_are_one_line_with_exit_2(tmp_path, model_dir):
+    out = tmp_path / "o.glb"
+    rgb, seg = BUNDLED / "blocks-5_rgb.png", BUNDLED / "blocks-5_seg.png"
+    assert_clean_error(*run(tmp_path / "missing.png", "--seg", seg, "-o", out), "missing.png", "not found")
+    text = tmp_path / "text.png"
+    text.write_text("hello")
+    assert_clean_error(*run(text, "--seg", seg, "-o", out), "text.png", "not an image")
+    small = tmp_path / "small_seg.png"
+    Image.fromarray(np.ones((10, 10), np.uint8)).save(small)
+    assert_clean_error(*run(rgb, "--seg", small, "-o", out), "small_seg.png", "10x10", "256x256")
+    empty = tmp_path / "empty_seg.png"
+    Image.fromarray(np.zeros((256, 256), np.uint8)).save(empty)
+    assert_clean_error(*run(rgb, "--seg", empty, "-o", out), "empty_seg.png", "no instance")
+    assert not out.exists()
+
+
+def test_bad_pipeline_folders_name_the_problem(tmp_path, model_dir):
+    from safetensors.torch import load_file, save_file
+
+    rgb, seg = BUNDLED / "blocks-5_rgb.png", BUNDLED / "blocks-5_seg.png"
+    out = tmp_path / "o.glb"
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    weights = broken / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state.pop("proj_out.bias")
+    state["extra.weight"] = state["proj_out.weight"].clone()
+    save_file(state, weights)
+    assert_clean_error(*run(rgb, "--seg", seg, "-o", out, "--model", broken), "transformer",
+                       "proj_out.bias", "extra.weight")
+    config = json.loads((broken / "vae" / "config.json").read_text())
+    config["width_decoder"] = 32
+    (broken / "vae" / "config.json").write_text(json.dumps(config))
+    shutil.copy(model_dir / "transformer" / "diffusion_pytorch_model.safetensors", weights)
+    assert_clean_error(*run(rgb, "--seg", seg, "-o", out, "--model", broken), "vae", "shape mismatch")
+    assert_clean_error(*run(rgb, "--seg", seg, "-o", out, "--model", tmp_path / "nowhere"), "nowhere", "not found")
+    evil = tmp_path / "evil"
+    shutil.copytree(model_dir, evil)
+    index = json.loads((evil / "model_index.json").read_text())
+    index["transformer"] = ["os", "system"]
+    (evil / "model_index.json").write_text(json.dumps(index))
+    assert_clean_error(*run(rgb, "--seg", seg, "-o", out, "--model", evil), "unsupported class 'system'")
+    assert not out.exists()
+
+
+def test_existing_output_survives_a_failed_run(tmp_path, model_dir):
+    out = tmp_path / "o.glb"
+    out.write_bytes(b"previous result")
+    empty = tmp_path / "empty_seg.png"
+    Image.fromarray(np.zeros((256, 256), np.uint8)).save(empty)
+    code, _ = run(BUNDLED / "blocks-5_rgb.png", "--seg", empty, "-o", out, "--model", model_dir)
+    assert code == 2
+    assert out.read_bytes() == b"previous result"
