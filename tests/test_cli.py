@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from midi3d.cli import app
 from midi3d.models.factory import PipelineSpec, build_pipeline
 
-from .conftest import BUNDLED, TEST_SPEC
+from conftest import BUNDLED, TEST_SPEC
 
 FAST = ["--steps", "2", "--resolution", "32", "--quiet"]
 
