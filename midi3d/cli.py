@@ -88,6 +88,8 @@ def generate(
     mi_layers: str | None = typer.Option(None, "--mi-layers",
                                          help="Multi-instance blocks: '8-12', '8,9,10', 'none' or 'default'."),
     pad: bool = typer.Option(False, "--pad", help="Official image padding around the objects."),
+    latent_tokens: int | None = typer.Option(None, "--latent-tokens", min=1,
+                                             help="Latent tokens per instance (default: the transformer width)."),
     device: str = typer.Option("cpu", "--device"),
     dtype: DType = typer.Option(DType.float32, "--dtype"),
     extract: Extract = typer.Option(Extract.hierarchical, "--extract", help="Mesh extraction mode."),
@@ -123,7 +125,7 @@ def generate(
     except ValueError:
         _fail(f"--mi-layers {mi_layers!r}: expected e.g. '8-12', '8,9,10', 'none' or 'default'")
     options = GenerateOptions(
-        steps=steps, guidance=guidance, seed=seed, pad=pad,
+        steps=steps, guidance=guidance, seed=seed, pad=pad, num_latent_tokens=latent_tokens,
         extraction=ExtractionOptions(method=extract.value, resolution=resolution, smooth=smooth,
                                      coarse_resolution=min(32, resolution)),
         postprocess=None if no_postprocess else PostprocessConfig(target_faces=faces),

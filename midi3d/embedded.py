@@ -32,4 +32,4 @@ def load_embedded_pipeline(dtype: torch.dtype = torch.float32, device: str = "cp
     pipe = build_pipeline(PipelineSpec.builtin(EMBEDDED_NAME))
     if mi_layers is not None:
         pipe.transformer.set_multi_instance_layers(mi_layers)
-    return pipe.to(device=device, dtype=dtype) if dtype != torch.float32 else pipe.to(device)
+    return pipe.to_dtype(dtype).to(device)

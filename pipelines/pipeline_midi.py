@@ -247,6 +247,12 @@ class MIDIPipeline(DiffusionPipeline):
             index[name] = ["transformers", SAVED_PROCESSOR_NAMES[kind]]
         write_json(folder / "model_index.json", index)
 
+    def to_dtype(self, dtype: torch.dtype) -> MIDIPipeline:
+        """Cast every network to ``dtype`` (diffusers' ``to(dtype=)`` warns spuriously here)."""
+        for name in ("transformer", "vae", "image_encoder_1", "image_encoder_2"):
+            torch.nn.Module.to(getattr(self, name), dtype=dtype)
+        return self
+
     # -- stages --------------------------------------------------------------------------------
 
     @staticmethod

@@ -15,7 +15,7 @@ from midi3d.models.transformers.midi_transformer import MIDITransformer, default
 
 def qkv(batch, heads=2, length=9, dim=8, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, heads, length, dim, generator=g) for _ in range(3)]
+    return [torch.randn(batch, length, heads, dim, generator=g) for _ in range(3)]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])

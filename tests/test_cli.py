@@ -156,3 +156,9 @@ def test_existing_output_survives_a_failed_run(tmp_path, model_dir):
     code, _ = run(BUNDLED / "blocks-5_rgb.png", "--seg", empty, "-o", out, "--model", model_dir)
     assert code == 2
     assert out.read_bytes() == b"previous result"
+
+
+def test_float16_on_cpu_is_refused(tmp_path, model_dir):
+    code, output = run(BUNDLED / "blocks-5_rgb.png", "--seg", BUNDLED / "blocks-5_seg.png", "-o", tmp_path / "o.glb",
+                       "--model", model_dir, "--dtype", "float16")
+    assert_clean_error(code, output, "float16", "bfloat16")

@@ -206,7 +206,8 @@ def _sign_change(corner_values: np.ndarray) -> np.ndarray:
 class HierarchicalGrid:
     """Sparse result of :func:`hierarchical_grid`.
 
-    ``values`` is the ``(R+1)^3`` node array with NaN where the field was not evaluated;
+    ``values`` is the ``(R+1)^3`` node array with NaN where the field was not evaluated
+    (:meth:`fill_tiles` replaces those with sign-carrying values where meshing needs them);
     ``strides`` lists the node stride of every level, coarse to fine; ``surface_cells``
     ``[M, 3]`` are the finest cells with a sign change.
     """
@@ -215,33 +216,40 @@ class HierarchicalGrid:
     strides: list[int]
     surface_cells: np.ndarray
 
-    def filled_block(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-        """Node values of ``[lo, hi)`` where unevaluated nodes take the value of the min corner
-        of the finest evaluated cell containing them (no sign change there, so its sign)."""
+    def fill_tiles(self, tiles: np.ndarray, tile: int) -> None:
+        """Give every unevaluated node of the given tiles (``[K, 3]`` tile indices of ``tile``
+        cells) the value of the min corner of the finest evaluated cell containing it.
+
+        That cell had no sign change, so the filled value carries the field's sign there and
+        marching cubes sees no surface where none was found.
+        """
         values = self.grid.values
-        block = values[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].copy()
-        missing = np.argwhere(np.isnan(block))
-        if len(missing):
-            nodes = missing + lo
-            fill = np.full(len(nodes), np.nan, np.float32)
-            for stride in reversed(self.strides):
-                todo = np.isnan(fill)
-                if not todo.any():
-                    break
-                corner = (nodes[todo] // stride) * stride
-                fill[todo] = values[corner[:, 0], corner[:, 1], corner[:, 2]]
-            block[missing[:, 0], missing[:, 1], missing[:, 2]] = fill
-        return block
+        extent = values.shape[0]
+        local = np.arange(tile + 1)
+        offsets = np.stack(np.meshgrid(local, local, local, indexing="ij"), axis=-1).reshape(-1, 3)
+        nodes = (tiles[:, None, :] * tile + offsets[None]).reshape(-1, 3)
+        nodes = nodes[(nodes < extent).all(axis=1)]
+        nodes = nodes[np.isnan(values[nodes[:, 0], nodes[:, 1], nodes[:, 2]])]
+        fill = np.full(len(nodes), np.nan, np.float32)
+        for stride in reversed(self.strides):
+            todo = np.flatnonzero(np.isnan(fill))
+            if len(todo) == 0:
+                break
+            corner = (nodes[todo] // stride) * stride
+            fill[todo] = values[corner[:, 0], corner[:, 1], corner[:, 2]]
+        values[nodes[:, 0], nodes[:, 1], nodes[:, 2]] = fill
 
 
 def hierarchical_grid(sdf: SDFFunction, bbox_min: Sequence[float], bbox_max: Sequence[float],
                       resolution: int = 256, coarse_resolution: int = 32, dilation: int = 1,
-                      ) -> tuple[HierarchicalGrid, ExtractionStats]:
+                      dilate_last: bool = False) -> tuple[HierarchicalGrid, ExtractionStats]:
     """Coarse-to-fine evaluation of ``sdf`` on the ``(R+1)^3`` grid.
 
     Level 0 evaluates every node of a ``coarse_resolution^3`` grid. Each following level
-    halves the cells that had a sign change (dilated by ``dilation`` cells) and evaluates
-    their new nodes only.
+    halves the cells that had a sign change, grown by ``dilation`` cells so that surfaces
+    crossing a cell without changing its corner signs are still reached, and evaluates their
+    new nodes only. The last refinement skips the growth unless ``dilate_last`` (its cells are
+    one step from the target size; growing them doubles the queries for little gain).
     """
     ratio = resolution // coarse_resolution
     if resolution % coarse_resolution or ratio & (ratio - 1):
@@ -270,7 +278,7 @@ def hierarchical_grid(sdf: SDFFunction, bbox_min: Sequence[float], bbox_max: Seq
     corner_values = flat[index.keys(cells * stride)[:, None] + index.offsets(_CORNERS, stride)[None]]
     active = cells[_sign_change(corner_values)]
     while cells_per_axis < resolution:
-        if dilation > 0 and len(active):
+        if dilation > 0 and len(active) and (dilate_last or cells_per_axis * 2 < resolution):
             near = (active[:, None, :] + dilation * _NEIGHBOURS[None]).reshape(-1, 3)
             near = near[((near >= 0) & (near < cells_per_axis)).all(axis=1)]
             cell_keys = _unique((near[:, 0] * cells_per_axis + near[:, 1]) * cells_per_axis + near[:, 2],
@@ -306,11 +314,13 @@ def blockwise_marching_cubes(hgrid: HierarchicalGrid, block: int = 16) -> tuple[
     tiles_per_axis = cells // block + 1
     tile_keys = _unique(index_tiles(hgrid.surface_cells // block, tiles_per_axis), tiles_per_axis**3)
     blocks = np.stack(np.unravel_index(tile_keys, (tiles_per_axis,) * 3), axis=1)
+    hgrid.fill_tiles(blocks, block)
+    values = hgrid.grid.values
     all_verts, all_faces, offset = [], [], 0
     for tile in blocks:
         lo = tile * block
         hi = np.minimum(lo + block, cells) + 1
-        result = marching_cubes(hgrid.filled_block(lo, hi))
+        result = marching_cubes(values[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
         if result is None:
             continue
         verts, faces = result
@@ -331,11 +341,11 @@ def blockwise_marching_cubes(hgrid: HierarchicalGrid, block: int = 16) -> tuple[
 
 
 def extract_hierarchical(sdf: SDFFunction, bbox: tuple[float, float] = DEFAULT_BOX, resolution: int = 256,
-                         coarse_resolution: int = 32, mapping: str = "official",
+                         coarse_resolution: int = 32, mapping: str = "official", dilate_last: bool = False,
                          ) -> tuple[trimesh.Trimesh | None, ExtractionStats]:
     """Hierarchical extraction over the cube ``[bbox[0], bbox[1]]^3`` at ``resolution`` cells."""
     lo, hi = np.full(3, bbox[0], np.float32), np.full(3, bbox[1], np.float32)
-    hgrid, stats = hierarchical_grid(sdf, lo, hi, resolution, coarse_resolution)
+    hgrid, stats = hierarchical_grid(sdf, lo, hi, resolution, coarse_resolution, dilate_last=dilate_last)
     result = blockwise_marching_cubes(hgrid)
     if result is None:
         return None, stats

@@ -27,6 +27,29 @@ from torch import Tensor
 InstanceCounts = int | Sequence[int]
 
 
+def _project(layers, tokens: Tensor) -> Tensor:
+    """Concatenated projections ``[B, L, n*W]`` written into one buffer (no separate copies + cat)."""
+    width = layers[0].out_features
+    out = tokens.new_empty(*tokens.shape[:-1], len(layers) * width)
+    for index, layer in enumerate(layers):
+        out[..., index * width : (index + 1) * width] = layer(tokens)
+    return out
+
+
+def _rms_norm(norm, x: Tensor) -> Tensor:
+    """QK RMS-norm (eps from the module, statistics in float32).
+
+    At inference the result is written in place (no full-size temporaries); with gradients
+    enabled the diffusers module runs as is.
+    """
+    if norm is None:
+        return x
+    if torch.is_grad_enabled() or norm.weight is None or norm.weight.dtype != x.dtype:
+        return norm(x)
+    mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=torch.float32).square_() / x.shape[-1]
+    return x.mul_(torch.rsqrt(mean_square.add_(norm.eps))).mul_(norm.weight)
+
+
 def split_heads_first(attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None):
     """Project and split into heads with the official heads-first layout.
 
@@ -37,39 +60,36 @@ def split_heads_first(attn, hidden_states: Tensor, encoder_hidden_states: Tensor
         encoder_hidden_states: ``[B, S, D]`` key/value tokens, or ``None`` for self-attention.
 
     Returns:
-        ``(q, k, v)``, each ``[B, H, tokens, d]``.
+        ``(q, k, v)``, each ``[B, tokens, H, d]`` (token-major, so that consecutive rows can be
+        merged into one sequence by a view).
     """
     batch, length, _ = hidden_states.shape
     heads = attn.heads
-    query = attn.to_q(hidden_states)
-    head_dim = query.shape[-1] // heads
+    head_dim = attn.to_q.out_features // heads
     if encoder_hidden_states is None:
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        qkv = torch.cat([query, key, value], dim=-1).view(batch, length, heads, 3 * head_dim)
+        qkv = _project((attn.to_q, attn.to_k, attn.to_v), hidden_states).view(batch, length, heads, 3 * head_dim)
         query, key, value = qkv.split(head_dim, dim=-1)
     else:
         if attn.norm_cross is not None:
             encoder_hidden_states = attn.norm_cross(encoder_hidden_states)
         kv_len = encoder_hidden_states.shape[1]
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        kv = torch.cat([key, value], dim=-1).view(batch, kv_len, heads, 2 * head_dim)
+        kv = _project((attn.to_k, attn.to_v), encoder_hidden_states).view(batch, kv_len, heads, 2 * head_dim)
         key, value = kv.split(head_dim, dim=-1)
-        query = query.view(batch, length, heads, head_dim)
-    if attn.norm_q is not None:
-        query = attn.norm_q(query)
-    if attn.norm_k is not None:
-        key = attn.norm_k(key)
-    return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+        query = attn.to_q(hidden_states).view(batch, length, heads, head_dim)
+    return _rms_norm(attn.norm_q, query), _rms_norm(attn.norm_k, key), value
 
 
 def merge_heads(attn, hidden_states: Tensor, dtype: torch.dtype) -> Tensor:
-    """``[B, H, L, d]`` → output projection of ``[B, L, H*d]``."""
-    batch, heads, length, head_dim = hidden_states.shape
-    hidden_states = hidden_states.transpose(1, 2).reshape(batch, length, heads * head_dim).to(dtype)
+    """``[B, L, H, d]`` → output projection of ``[B, L, H*d]``."""
+    batch, length, heads, head_dim = hidden_states.shape
+    hidden_states = hidden_states.reshape(batch, length, heads * head_dim).to(dtype)
     hidden_states = attn.to_out[0](hidden_states)
     return attn.to_out[1](hidden_states)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Scaled dot-product attention on token-major ``[B, L, H, d]`` tensors (scale 1/sqrt(d))."""
+    return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
 
 
 class MIDIAttnProcessor:
@@ -86,7 +106,8 @@ class MIDIAttnProcessor:
         **_: object,
     ) -> Tensor:
         q, k, v = split_heads_first(attn, hidden_states, encoder_hidden_states)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
+        del q, k, v
         return merge_heads(attn, out, hidden_states.dtype)
 
 
@@ -152,6 +173,7 @@ class MultiInstanceAttnProcessor:
         q, k, v = split_heads_first(attn, hidden_states, None)
         groups = instance_groups(q.shape[0], num_instances, num_instances_per_batch)
         out = multi_instance_attention(q, k, v, groups)
+        del q, k, v  # release the projection buffer before the output projection
         return merge_heads(attn, out, hidden_states.dtype)
 
 
@@ -159,13 +181,12 @@ def multi_instance_attention(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[i
     """Joint attention inside consecutive row groups, without repeating keys/values.
 
     Args:
-        q, k, v: ``[B, H, L, d]``.
+        q, k, v: token-major ``[B, L, H, d]``.
         groups: sizes of consecutive row groups, summing to ``B``.
 
     Returns:
-        ``[B, H, L, d]``.
+        ``[B, L, H, d]``.
     """
-    batch, heads, length, head_dim = q.shape
     if len(set(groups)) == 1:
         return _grouped_attention(q, k, v, groups[0])
     # Mixed sizes: one call per distinct size, rows gathered by index.
@@ -181,30 +202,42 @@ def multi_instance_attention(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[i
 
 
 def _grouped_attention(q: Tensor, k: Tensor, v: Tensor, size: int) -> Tensor:
-    """Attention within consecutive groups of ``size`` rows (all groups equal)."""
-    batch, heads, length, head_dim = q.shape
+    """Attention within consecutive groups of ``size`` rows (all groups equal).
+
+    ``[S*N, L, H, d]`` is viewed as ``[S, N*L, H, d]``: one sequence per scene, no copy.
+    """
+    batch, length, heads, head_dim = q.shape
     if size == 1:
-        return F.scaled_dot_product_attention(q, k, v)
+        return attention(q, k, v)
     scenes = batch // size
-
-    def to_scene(x: Tensor) -> Tensor:  # [S*N, H, L, d] -> [S, H, N*L, d]
-        return x.view(scenes, size, heads, length, head_dim).transpose(1, 2).reshape(scenes, heads, size * length, head_dim)
-
-    out = F.scaled_dot_product_attention(to_scene(q), to_scene(k), to_scene(v))
-    return out.view(scenes, heads, size, length, head_dim).transpose(1, 2).reshape(batch, heads, length, head_dim)
+    out = attention(*(x.reshape(scenes, size * length, heads, head_dim) for x in (q, k, v)))
+    return out.reshape(batch, length, heads, head_dim)
 
 
 def repeated_multi_instance_attention(q: Tensor, k: Tensor, v: Tensor, num_instances: int) -> Tensor:
     """Reference formulation of the official code: keys/values repeated for every instance.
 
-    Kept for tests and benchmarks only (memory grows with ``N**2``).
+    Token-major ``[B, L, H, d]`` in and out. Kept for tests and benchmarks only (memory grows
+    with ``N**2``).
     """
-    batch, heads, length, head_dim = q.shape
+    batch, length, heads, head_dim = q.shape
     scenes = batch // num_instances
 
-    def scene_kv(x: Tensor) -> Tensor:  # [S*N, H, L, d] -> [S*N, H, N*L, d]
-        x = x.view(scenes, num_instances, heads, length, head_dim).transpose(1, 2)
-        x = x.reshape(scenes, heads, num_instances * length, head_dim)
+    def scene_kv(x: Tensor) -> Tensor:  # [S*N, L, H, d] -> [S*N, N*L, H, d]
+        x = x.reshape(scenes, num_instances * length, heads, head_dim)
         return x.repeat_interleave(num_instances, dim=0)
 
-    return F.scaled_dot_product_attention(q, scene_kv(k), scene_kv(v))
+    return attention(q, scene_kv(k), scene_kv(v))
+
+
+class RepeatingMultiInstanceAttnProcessor(MultiInstanceAttnProcessor):
+    """The official formulation (keys/values repeated N times), for comparisons only."""
+
+    def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, num_instances: InstanceCounts | None = None,
+                 num_instances_per_batch: int | None = None, **_: object) -> Tensor:
+        if not isinstance(num_instances, int) or num_instances_per_batch is not None:
+            raise ValueError("the repeating reference supports one instance count per call only")
+        q, k, v = split_heads_first(attn, hidden_states, None)
+        out = repeated_multi_instance_attention(q, k, v, num_instances)
+        return merge_heads(attn, out, hidden_states.dtype)

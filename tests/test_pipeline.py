@@ -1,0 +1,134 @@
+"""Pipeline behaviour on a tiny random model: batching, determinism, dtypes, folders."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from midi3d.models.checkpoint import CheckpointError
+from midi3d.pipelines import ExtractionOptions, MIDIPipeline
+from midi3d.pipelines.scene import GenerateOptions, SceneInputs, generate_scene, pad_scene, split_instances
+
+FAST = ExtractionOptions(resolution=32, coarse_resolution=16)
+
+
+def scene(ids=(1, 2, 3), size=48) -> SceneInputs:
+    labels = np.zeros((size, size), np.int64)
+    rgb = np.full((size, size, 3), 255, np.uint8)
+    for k, i in enumerate(ids):
+        labels[4 + 14 * k : 14 + 14 * k, 6 : 6 + 10 * (k + 1)] = i
+        rgb[labels == i] = (60 * k, 200 - 50 * k, 120)
+    return SceneInputs(rgb, labels, name="synthetic")
+
+
+def inputs(s: SceneInputs):
+    images, masks = split_instances(s.rgb, s.labels, s.ids)
+    return images, masks, [s.rgb] * len(images)
+
+
+def test_mixed_instance_counts_in_one_batch_match_separate_calls(tiny_pipe):
+    a, b = scene((1, 2)), scene((4, 5, 6))
+    ia, ib = inputs(a), inputs(b)
+    g = torch.Generator().manual_seed(0)
+    la, lb = torch.randn(2, 32, 4, generator=g), torch.randn(3, 32, 4, generator=g)
+    kwargs = dict(num_inference_steps=2, guidance_scale=3.0, output_type="latent")
+    sep_a = tiny_pipe(*ia, latents=la, **kwargs).latents
+    sep_b = tiny_pipe(*ib, latents=lb, **kwargs).latents
+    joint = tiny_pipe(ia[0] + ib[0], ia[1] + ib[1], ia[2] + ib[2], latents=torch.cat([la, lb]),
+                      num_instances=[2, 3], **kwargs).latents
+    torch.testing.assert_close(joint, torch.cat([sep_a, sep_b]), atol=1e-5, rtol=1e-5)
+    # and multi-instance attention matters: scene b alone differs from b's instances run one by one
+    single = torch.cat([tiny_pipe(*[[x[i]] for x in ib], latents=lb[i : i + 1], **kwargs).latents for i in range(3)])
+    assert (single - sep_b).abs().max() > 1e-4
+
+
+def test_num_latent_tokens_is_configurable(tiny_pipe):
+    out = tiny_pipe(*inputs(scene()), num_inference_steps=1, num_latent_tokens=16, output_type="latent")
+    assert out.latents.shape == (3, 16, 4)
+
+
+def test_same_seed_same_meshes(tiny_pipe):
+    options = GenerateOptions(steps=2, seed=7, extraction=FAST, postprocess=None)
+    first = generate_scene(tiny_pipe, scene(), options)
+    second = generate_scene(tiny_pipe, scene(), options)
+    assert [m is None for m in first.meshes] == [m is None for m in second.meshes]
+    for a, b in zip(first.meshes, second.meshes):
+        if a is not None:
+            np.testing.assert_array_equal(a.vertices, b.vertices)
+            np.testing.assert_array_equal(a.faces, b.faces)
+
+
+def test_empty_instance_is_named_in_a_warning(tiny_pipe, caplog):
+    with torch.no_grad():
+        tiny_pipe.vae.decoder.proj_out.bias.fill_(1e4)  # value = -(...) -> far below zero everywhere
+    with caplog.at_level(logging.WARNING):
+        result = generate_scene(tiny_pipe, scene(), GenerateOptions(steps=1, extraction=FAST, postprocess=None))
+    assert result.empty_ids == [1, 2, 3]
+    assert "instance(s) 1, 2, 3" in caplog.text
+
+
+def test_bfloat16_on_cpu(tiny_pipe):
+    tiny_pipe.to_dtype(torch.bfloat16)
+    assert tiny_pipe.transformer.dtype == torch.bfloat16
+    result = generate_scene(tiny_pipe, scene(), GenerateOptions(steps=2, extraction=FAST, postprocess=None))
+    assert len(result.meshes) == 3
+
+
+def test_pad_scene_is_square_and_keeps_objects():
+    s = scene(size=48)
+    wide = np.full((48, 96, 3), 255, np.uint8)
+    labels = np.zeros((48, 96), np.int64)
+    wide[:, :48], labels[:, :48] = s.rgb, s.labels
+    rgb, seg = pad_scene(wide, labels)
+    assert rgb.shape[0] == rgb.shape[1] == seg.shape[0] == seg.shape[1]
+    for i in s.ids:
+        assert (seg == i).sum() == (labels == i).sum()
+
+
+def test_round_trip_and_pickle_refusal(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    tiny_pipe.save_pretrained(tmp_path / "model")  # overwriting an existing folder is atomic too
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    loaded = MIDIPipeline.from_pretrained(tmp_path / "model")
+    assert loaded.transformer.mi_layers == tiny_pipe.transformer.mi_layers
+    for key, value in tiny_pipe.vae.state_dict().items():
+        torch.testing.assert_close(loaded.vae.state_dict()[key], value)
+
+    weights = tmp_path / "model" / "vae" / "diffusion_pytorch_model.safetensors"
+    torch.save(tiny_pipe.vae.state_dict(), weights.with_suffix(".bin"))
+    weights.unlink()
+    with pytest.raises(CheckpointError, match=r"diffusion_pytorch_model\.bin: pickled weights are refused"):
+        MIDIPipeline.from_pretrained(tmp_path / "model")
+    trusted = MIDIPipeline.from_pretrained(tmp_path / "model", allow_pickle=True)
+    torch.testing.assert_close(trusted.vae.decoder.proj_out.weight, tiny_pipe.vae.decoder.proj_out.weight)
+
+
+def test_non_finite_weights_are_refused(tiny_pipe, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    tiny_pipe.save_pretrained(tmp_path / "model")
+    path = tmp_path / "model" / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = load_file(path)
+    state["proj_out.bias"][0] = float("nan")
+    save_file(state, path)
+    with pytest.raises(CheckpointError, match=r"non-finite values .* proj_out\.bias"):
+        MIDIPipeline.from_pretrained(tmp_path / "model")
+
+
+def test_dinov2_expansion_to_seven_channels():
+    from transformers import Dinov2Config, Dinov2Model
+
+    from midi3d.models.image_encoders import expand_patch_embedding
+
+    model = Dinov2Model(Dinov2Config(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=28))
+    rgb = model.embeddings.patch_embeddings.projection.weight.detach().clone()
+    expand_patch_embedding(model, "clone")
+    weight = model.embeddings.patch_embeddings.projection.weight
+    assert weight.shape[1] == 7 and model.config.num_channels == 7
+    torch.testing.assert_close(weight[:, :3], rgb)
+    torch.testing.assert_close(weight[:, 3:6], rgb)
+    torch.testing.assert_close(weight[:, 6:], rgb[:, :1])
+    assert model(pixel_values=torch.zeros(1, 7, 28, 28)).last_hidden_state.shape == (1, 5, 16)
