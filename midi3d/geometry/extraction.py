@@ -207,7 +207,7 @@ class HierarchicalGrid:
     """Sparse result of :func:`hierarchical_grid`.
 
     ``values`` is the ``(R+1)^3`` node array with NaN where the field was not evaluated
-    (:meth:`fill_tiles` replaces those with sign-carrying values where meshing needs them);
+    (:meth:`tile_values` fills them with sign-carrying values where meshing needs them);
     ``strides`` lists the node stride of every level, coarse to fine; ``surface_cells``
     ``[M, 3]`` are the finest cells with a sign change.
     """
@@ -216,28 +216,29 @@ class HierarchicalGrid:
     strides: list[int]
     surface_cells: np.ndarray
 
-    def fill_tiles(self, tiles: np.ndarray, tile: int) -> None:
-        """Give every unevaluated node of the given tiles (``[K, 3]`` tile indices of ``tile``
-        cells) the value of the min corner of the finest evaluated cell containing it.
+    def tile_values(self, tiles: np.ndarray, tile: int) -> np.ndarray:
+        """Node values ``[K, tile+1, tile+1, tile+1]`` of tiles ``[K, 3]`` (tile indices).
 
-        That cell had no sign change, so the filled value carries the field's sign there and
-        marching cubes sees no surface where none was found.
+        Unevaluated nodes take the value at the min corner of the cell of the next coarser
+        level that contains them, level by level from the coarsest (fully evaluated) one. That
+        cell had no sign change, so the filled value carries the field's sign and marching
+        cubes sees no surface where the refinement found none.
         """
-        values = self.grid.values
-        extent = values.shape[0]
+        extent = self.grid.values.shape[0]
         local = np.arange(tile + 1)
         offsets = np.stack(np.meshgrid(local, local, local, indexing="ij"), axis=-1).reshape(-1, 3)
-        nodes = (tiles[:, None, :] * tile + offsets[None]).reshape(-1, 3)
-        nodes = nodes[(nodes < extent).all(axis=1)]
-        nodes = nodes[np.isnan(values[nodes[:, 0], nodes[:, 1], nodes[:, 2]])]
-        fill = np.full(len(nodes), np.nan, np.float32)
-        for stride in reversed(self.strides):
-            todo = np.flatnonzero(np.isnan(fill))
-            if len(todo) == 0:
-                break
-            corner = (nodes[todo] // stride) * stride
-            fill[todo] = values[corner[:, 0], corner[:, 1], corner[:, 2]]
-        values[nodes[:, 0], nodes[:, 1], nodes[:, 2]] = fill
+        offset_keys = (offsets[:, 0] * extent + offsets[:, 1]) * extent + offsets[:, 2]
+        origin = tiles * tile
+        origin_keys = (origin[:, 0] * extent + origin[:, 1]) * extent + origin[:, 2]
+        blocks = self.grid.values.reshape(-1)[origin_keys[:, None] + offset_keys[None]]
+        blocks = blocks.reshape(len(tiles), tile + 1, tile + 1, tile + 1)
+        filled = blocks[:, :: self.strides[0], :: self.strides[0], :: self.strides[0]]
+        for stride in self.strides[1:]:
+            level = blocks[:, ::stride, ::stride, ::stride]
+            size = level.shape[1]
+            coarse = filled.repeat(2, axis=1).repeat(2, axis=2).repeat(2, axis=3)[:, :size, :size, :size]
+            filled = np.where(np.isnan(level), coarse, level)
+        return filled
 
 
 def hierarchical_grid(sdf: SDFFunction, bbox_min: Sequence[float], bbox_max: Sequence[float],
@@ -311,16 +312,15 @@ def blockwise_marching_cubes(hgrid: HierarchicalGrid, block: int = 16) -> tuple[
     the triangles of a whole-grid run.
     """
     cells = hgrid.grid.values.shape[0] - 1
+    block = min(max(block, hgrid.strides[0]), cells)
     tiles_per_axis = cells // block + 1
     tile_keys = _unique(index_tiles(hgrid.surface_cells // block, tiles_per_axis), tiles_per_axis**3)
     blocks = np.stack(np.unravel_index(tile_keys, (tiles_per_axis,) * 3), axis=1)
-    hgrid.fill_tiles(blocks, block)
-    values = hgrid.grid.values
+    tile_values = hgrid.tile_values(blocks, block) if len(blocks) else []
     all_verts, all_faces, offset = [], [], 0
-    for tile in blocks:
+    for tile, values in zip(blocks, tile_values):
         lo = tile * block
-        hi = np.minimum(lo + block, cells) + 1
-        result = marching_cubes(values[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
+        result = marching_cubes(values)
         if result is None:
             continue
         verts, faces = result
