@@ -25,7 +25,14 @@ from PIL import Image
 from ..geometry.extraction import GridResult, dense_grids, extract_meshes
 from ..geometry.postprocess import PostprocessConfig, postprocess_mesh
 from ..models.autoencoders.shape_vae import ShapeVAE
-from ..models.checkpoint import CheckpointError, load_weights_strict, read_json, save_weights, write_json
+from ..models.checkpoint import (
+    CheckpointError,
+    load_weights_strict,
+    read_json,
+    save_weights,
+    weight_files,
+    write_json,
+)
 from ..models.image_encoders import (
     build_image_processor,
     clip_pixels,
@@ -87,10 +94,8 @@ def _load_transformers_model(class_name: str):
     def load(folder: Path, dtype: torch.dtype, allow_pickle: bool):
         import transformers
 
-        from ..models.checkpoint import _weight_files
-
-        config = read_json(folder / "config.json")
-        _weight_files(folder, "model", allow_pickle)  # refuses pickles unless allowed
+        read_json(folder / "config.json")  # a clear error for a missing or broken config
+        weight_files(folder, "model", allow_pickle)  # refuses pickles unless allowed
         cls = getattr(transformers, class_name)
         from transformers.utils import logging as hf_logging
 
@@ -114,7 +119,6 @@ def _load_transformers_model(class_name: str):
         bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
         if bad:
             raise CheckpointError(f"{folder / 'model.safetensors'}: non-finite values (NaN/inf) in {bad[:8]}")
-        del config
         return model.eval()
 
     return load

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from midi3d.geometry.extraction import marching_cubes, mean_filter3, vertices_to_world

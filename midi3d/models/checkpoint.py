@@ -55,7 +55,9 @@ def write_json(path: Path, data: dict) -> None:
     write_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _weight_files(folder: Path, stem: str, allow_pickle: bool) -> list[Path]:
+def weight_files(folder: Path, stem: str, allow_pickle: bool) -> list[Path]:
+    """The weight files of a component: one safetensors file, the shards of an index, or
+    (only with ``allow_pickle``) a pickled file."""
     single = folder / f"{stem}.safetensors"
     if single.is_file():
         return [single]
@@ -80,7 +82,7 @@ def _weight_files(folder: Path, stem: str, allow_pickle: bool) -> list[Path]:
 def read_state_dict(folder: Path, stem: str, allow_pickle: bool = False) -> dict[str, torch.Tensor]:
     """All tensors of a component folder's weights file(s)."""
     state: dict[str, torch.Tensor] = {}
-    for path in _weight_files(folder, stem, allow_pickle):
+    for path in weight_files(folder, stem, allow_pickle):
         if not path.is_file():
             raise CheckpointError(f"{path}: shard listed in the index is missing")
         try:

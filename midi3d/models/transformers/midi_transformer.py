@@ -20,7 +20,7 @@ from diffusers.models.normalization import FP32LayerNorm
 from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
-from ..attention import InstanceCounts, MIDIAttnProcessor, MultiInstanceAttnProcessor
+from ..attention import MIDIAttnProcessor, MultiInstanceAttnProcessor
 
 
 def default_mi_layers(num_layers: int) -> list[int]:
