@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from ..models.checkpoint import (
     load_weights_strict,
     read_json,
     save_weights,
+    temporary_sibling,
     weight_files,
     write_json,
 )
@@ -209,12 +209,12 @@ class MIDIPipeline(DiffusionPipeline):
         is filled, then swapped in, so an existing folder is never left half-written."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp = temporary_sibling(folder)
+        tmp.mkdir()
         try:
             self._write_folder(tmp)
             if folder.exists():
-                backup = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-                backup.rmdir()
+                backup = temporary_sibling(folder)
                 folder.rename(backup)
                 tmp.rename(folder)
                 shutil.rmtree(backup)

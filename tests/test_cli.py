@@ -162,3 +162,17 @@ def test_float16_on_cpu_is_refused(tmp_path, model_dir):
     code, output = run(BUNDLED / "blocks-5_rgb.png", "--seg", BUNDLED / "blocks-5_seg.png", "-o", tmp_path / "o.glb",
                        "--model", model_dir, "--dtype", "float16")
     assert_clean_error(code, output, "float16", "bfloat16")
+
+
+def test_outputs_respect_the_umask(tmp_path, model_dir):
+    import os
+    import stat
+
+    out = tmp_path / "scene.glb"
+    code, output = run(BUNDLED / "blocks-5_rgb.png", "--seg", BUNDLED / "blocks-5_seg.png", "-o", out,
+                       "--model", model_dir, *FAST)
+    assert code == 0, output
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["scene.glb"]  # no temporary file left behind

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import torch
@@ -38,16 +38,25 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def temporary_sibling(path: Path) -> Path:
+    """A fresh, not yet existing name next to ``path`` for writing before an atomic rename."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
 def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to ``path`` through a temporary file in the same folder, then rename."""
+    """Write bytes to ``path`` through a temporary file in the same folder, then rename.
+
+    The file gets the usual permissions (``0o666`` minus the umask), unlike ``mkstemp``'s 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temporary_sibling(path)
     try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -139,11 +148,11 @@ def save_weights(module: nn.Module, folder: Path, stem: str) -> None:
     """Save a module's state dict as one safetensors file (atomically)."""
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=".tmp", dir=folder)
-    os.close(fd)
+    target = folder / f"{stem}.safetensors"
+    tmp = temporary_sibling(target)
     try:
-        save_file(state, tmp, metadata={"format": "pt"})
-        os.replace(tmp, folder / f"{stem}.safetensors")
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, target)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
