@@ -298,7 +298,7 @@ class MIDIPipeline(DiffusionPipeline):
                            ) -> list[GridResult]:
         """The official ``decode_latents``: dense ``(2^depth + 1)^3`` grid(s) per instance."""
         sdfs = self.vae.sdf_functions(latents)
-        return dense_grids(sdfs, resolution=2**octree_depth, progressive=progressive)
+        return list(dense_grids(sdfs, resolution=2**octree_depth, progressive=progressive))
 
     @torch.no_grad()
     def extract(self, latents: torch.Tensor, options: ExtractionOptions | None = None,
@@ -306,8 +306,10 @@ class MIDIPipeline(DiffusionPipeline):
         """Meshes in the scene frame for latents ``[B, T, C]``; returns ``(meshes, sdf_queries)``."""
         options = options or ExtractionOptions()
         sdfs = self.vae.sdf_functions(latents.to(self.vae.dtype), chunk_size=options.chunk_size)
-        meshes, stats = extract_meshes(sdfs, options.method, options.resolution, options.smooth, options.progressive,
-                                       options.vertex_mapping, options.coarse_resolution)
+        with self.progress_bar(total=len(sdfs)) as bar:
+            meshes, stats = extract_meshes(sdfs, options.method, options.resolution, options.smooth,
+                                           options.progressive, options.vertex_mapping, options.coarse_resolution,
+                                           on_instance_done=lambda _: bar.update())
         if postprocess is not None:
             meshes = [postprocess_mesh(m, postprocess) if m is not None else None for m in meshes]
         return meshes, stats.num_queries

@@ -42,7 +42,7 @@ def test_empty_field_gives_no_mesh():
 def test_progressive_fallback_reuses_previous_box():
     inside = lambda p: p.norm(dim=-1) - 0.3  # noqa: E731  (values <= 0 inside)
     never = lambda p: p.norm(dim=-1) + 1.0  # noqa: E731
-    grids = dense_grids([inside, never], resolution=16, progressive=True)
+    grids = list(dense_grids([inside, never], resolution=16, progressive=True))
     np.testing.assert_allclose(grids[1].bbox_min, grids[0].bbox_min)
     assert grids[0].bbox_max[0] < 0.5  # cropped to the sphere plus padding
 

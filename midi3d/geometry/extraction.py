@@ -16,7 +16,7 @@ is the zero level. Two modes:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -101,7 +101,7 @@ def official_progressive_bbox(points: Tensor, values: np.ndarray, previous: tupl
 
 
 def dense_grids(sdfs: Sequence[SDFFunction], resolution: int = 256, progressive: bool = True,
-                bbox: tuple[float, float] = DEFAULT_BOX) -> list[GridResult]:
+                bbox: tuple[float, float] = DEFAULT_BOX) -> Iterator[GridResult]:
     """The official dense decode of several instances, with the two-pass crop.
 
     An instance with no value ``<= 0`` reuses the previous instance's box (the default box for
@@ -109,12 +109,11 @@ def dense_grids(sdfs: Sequence[SDFFunction], resolution: int = 256, progressive:
     """
     lo = np.full(3, bbox[0], np.float32)
     hi = np.full(3, bbox[1], np.float32)
-    results = []
     box = (lo, hi)
     for index, sdf in enumerate(sdfs):
         first = dense_grid(sdf, lo, hi, resolution)
         if not progressive:
-            results.append(first)
+            yield first
             continue
         points = dense_grid_points(lo, hi, resolution)
         crop = official_progressive_bbox(points, first.values, box)
@@ -124,8 +123,7 @@ def dense_grids(sdfs: Sequence[SDFFunction], resolution: int = 256, progressive:
             box = crop
         second = dense_grid(sdf, box[0], box[1], resolution)
         second.num_queries += first.num_queries
-        results.append(second)
-    return results
+        yield second
 
 
 def mean_filter3(values: np.ndarray) -> np.ndarray:
@@ -363,21 +361,29 @@ def extract_dense(sdf: SDFFunction, bbox: tuple[float, float] = DEFAULT_BOX, res
 def extract_meshes(sdfs: Sequence[SDFFunction], method: str = "hierarchical", resolution: int = 256,
                    smooth: bool = False, progressive: bool = True, mapping: str = "official",
                    coarse_resolution: int = 32, bbox: tuple[float, float] = DEFAULT_BOX,
+                   on_instance_done: Callable[[int], None] | None = None,
                    ) -> tuple[list[trimesh.Trimesh | None], ExtractionStats]:
-    """Meshes for several instances; ``None`` where an instance has no zero crossing."""
+    """Meshes for several instances; ``None`` where an instance has no zero crossing.
+
+    ``on_instance_done(index)`` is called after each instance (e.g. to advance a progress bar).
+    """
     stats = ExtractionStats()
     meshes: list[trimesh.Trimesh | None] = []
     if method == "dense":
-        for grid in dense_grids(sdfs, resolution, progressive, bbox):
+        for index, grid in enumerate(dense_grids(sdfs, resolution, progressive, bbox)):
             meshes.append(mesh_from_grid(grid, smooth, mapping))
             stats.num_queries += grid.num_queries
+            if on_instance_done is not None:
+                on_instance_done(index)
     elif method == "hierarchical":
         if smooth:
             raise ValueError("smoothing is a dense-grid filter; use --extract dense or mesh post-processing")
-        for sdf in sdfs:
+        for index, sdf in enumerate(sdfs):
             mesh, one = extract_hierarchical(sdf, bbox, resolution, coarse_resolution, mapping)
             meshes.append(mesh)
             stats.num_queries += one.num_queries
+            if on_instance_done is not None:
+                on_instance_done(index)
     else:
         raise ValueError(f"unknown extraction method {method!r} (dense or hierarchical)")
     return meshes, stats
