@@ -200,6 +200,160 @@ def _summary(path: Path, result, seconds: float) -> None:
 
 
 @app.command()
+def synth(
+    out: Path = typer.Option(..., "--out", help="Dataset root to write (3D-Front/MIDI layout)."),
+    scenes: int = typer.Option(50, "--scenes", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    jobs: int = typer.Option(0, "--jobs", min=0, help="Worker processes (0 = one per core)."),
+    views: int = typer.Option(1, "--views", min=1, help="Rendered views per room."),
+    image_size: int = typer.Option(512, "--image-size", min=32),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Generate synthetic indoor scenes (render, id maps, object meshes, surface samples)."""
+    import os
+
+    from .data.synth import SynthConfig, generate_dataset
+
+    _setup_logging(quiet)
+    if out.exists() and not out.is_dir():
+        _fail(f"{out}: exists and is not a folder")
+    config = SynthConfig(seed=seed, views=views, image_size=image_size)
+    start = time.perf_counter()
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, disable=quiet, transient=True) as progress:
+        task = progress.add_task("scenes", total=scenes)
+        generate_dataset(out, scenes, config, jobs=jobs or os.cpu_count() or 1,
+                         progress=lambda done, total: progress.update(task, completed=done))
+    if not quiet:
+        console.print(f"{scenes} scenes in {out} ({time.perf_counter() - start:.1f}s); folder-mode pairs in "
+                      f"{out / 'pairs'}", highlight=False)
+
+
+class IcpMode(str, Enum):
+    official = "official"
+    kabsch = "kabsch"
+    none = "none"
+
+
+@app.command("eval")
+def evaluate(
+    dataset: str = typer.Option("3dfront", "--dataset", help="3dfront or blendswap."),
+    root: Path = typer.Option(..., "--root", help="Dataset root."),
+    out: Path = typer.Option(Path("eval-results"), "--out", help="Results folder (JSONL log and summaries)."),
+    model: Path | None = typer.Option(None, "--model", help="Pipeline folder. Default: embedded."),
+    pred_dir: Path | None = typer.Option(None, "--pred-dir", help="Score <key>.glb files of another method."),
+    export_gt: Path | None = typer.Option(None, "--export-gt", help="Write the ground truth as <key>.glb and stop."),
+    limit: int = typer.Option(0, "--limit", min=0, help="Only the first N samples (0 = all)."),
+    views: str = typer.Option("0000", "--views", help="3D-Front views, comma separated."),
+    icp: IcpMode = typer.Option(IcpMode.official, "--icp",
+                                help="official (bug-compatible, for published numbers), kabsch (correct), none."),
+    test_size: int = typer.Option(1000, "--test-size", help="3D-Front test split: the last N rooms."),
+    max_objects: int | None = typer.Option(None, "--max-objects",
+                                           help="Cap on objects per scene (0 = none). Default: 7 for 3dfront "
+                                                "(official), none for blendswap."),
+    min_area: float = typer.Option(0.001, "--min-area", help="Drop objects whose mask covers <= this fraction."),
+    points: int = typer.Option(20480, "--points", help="Surface samples per object."),
+    steps: int = typer.Option(50, "--steps", min=1),
+    guidance: float = typer.Option(7.0, "--guidance"),
+    seed: int = typer.Option(42, "--seed"),
+    extract: Extract = typer.Option(Extract.hierarchical, "--extract",
+                                    help="hierarchical, or dense for the strict official protocol."),
+    resolution: int = typer.Option(256, "--resolution"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run scenes that failed before."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Score a method on 3D-Front or BlendSwap (CD, F-Score, IoU-B at scene and object level)."""
+    from .data.datasets import DATASETS, ObjectFilter
+    from .eval.runner import EvalOptions, ResultLog, export_ground_truth, load_prediction, run, summarise
+    from .eval.runner import summary_rows, write_summary
+
+    _setup_logging(quiet)
+    if dataset not in DATASETS:
+        _fail(f"--dataset {dataset}: use one of {', '.join(DATASETS)}")
+    if max_objects is None:
+        max_objects = 7 if dataset == "3dfront" else 0
+    object_filter = ObjectFilter(min_area_fraction=min_area, max_objects=max_objects)
+    try:
+        if dataset == "3dfront":
+            data = DATASETS[dataset](root, views=[v.strip() for v in views.split(",") if v.strip()],
+                                     test_size=test_size, object_filter=object_filter, points=points)
+        else:
+            data = DATASETS[dataset](root, object_filter=object_filter, points=points)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(str(err))
+    keys = data.keys()[:limit] if limit else data.keys()
+
+    if export_gt is not None:
+        written, failed = 0, 0
+        for index, key in enumerate(data.keys()):
+            if key not in keys:
+                continue
+            try:
+                export_ground_truth(data.load(index), export_gt)
+                written += 1
+            except Exception as err:  # report and go on with the other scenes
+                failed += 1
+                err_console.print(f"[red]failed[/] {key}: {type(err).__name__}: {err}", highlight=False)
+        if not quiet:
+            console.print(f"ground truth of {written} scenes written to {export_gt}", highlight=False)
+        raise typer.Exit(EXIT_SCENES_FAILED if failed else 0)
+
+    if pred_dir is not None:
+        if not pred_dir.is_dir():
+            _fail(f"{pred_dir}: prediction folder not found")
+
+        def predictor(scene):
+            return load_prediction(pred_dir / f"{scene.key}.glb")
+    else:
+        from .pipelines.pipeline_midi import ExtractionOptions
+        from .pipelines.scene import GenerateOptions, SceneInputs, generate_scene
+
+        try:
+            pipe = _load_pipeline(model, _torch_dtype(DType.float32, "cpu"), "cpu", None, False, True)
+        except ValueError as err:
+            _fail(str(err))
+        options = GenerateOptions(steps=steps, guidance=guidance, seed=seed, postprocess=None,
+                                  extraction=ExtractionOptions(method=extract.value, resolution=resolution,
+                                                               coarse_resolution=min(32, resolution), smooth=False))
+
+        def predictor(scene):
+            result = generate_scene(pipe, SceneInputs(scene.rgb, scene.labels, name=scene.key), options)
+            return {i: m for i, m in zip(result.ids, result.meshes) if m is not None}
+
+    rank, world, state = 0, 1, None
+    try:
+        from accelerate import PartialState
+
+        state = PartialState(cpu=True)
+        rank, world = state.process_index, state.num_processes
+    except ImportError:
+        pass
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console, disable=quiet or rank != 0, transient=True) as progress:
+        task = progress.add_task("scenes", total=len(range(rank, len(keys), world)))
+
+        def report(key, record):
+            progress.advance(task)
+            if record["status"] != "ok" and not quiet:
+                progress.console.print(f"[red]failed[/] {key}: {record['error']}", highlight=False)
+
+        run(data, predictor, out, EvalOptions(icp=icp.value, points=points, seed=seed), keys=keys, rank=rank,
+            world=world, retry_failed=retry_failed, progress=report)
+    if state is not None:
+        state.wait_for_everyone()
+    if rank != 0:
+        return
+    summary = summarise(ResultLog(out).records(), keys, icp.value)
+    write_summary(out, summary)
+    if not quiet:
+        header, values = summary_rows(summary)
+        console.print(f"ICP {icp.value}: " + ", ".join(f"{h} {v}" for h, v in zip(header, values)), highlight=False)
+        console.print(f"summary: {out / 'summary.md'}", highlight=False)
+    if summary["failed"]:
+        raise typer.Exit(EXIT_SCENES_FAILED)
+
+
+@app.command()
 def version() -> None:
     """Print the installed version."""
     from . import __version__

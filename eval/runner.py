@@ -1,0 +1,186 @@
+"""Benchmark runner: predict (or load) every scene, score it, log it, summarise.
+
+One JSON line per scene is appended and flushed to ``results-<rank>.jsonl`` as soon as the
+scene is done, so a killed run loses nothing finished and a rerun skips finished scenes.
+Failures are recorded with their error and counted. Several processes (``accelerate launch``)
+each take every ``world``-th scene; the summary is computed from all logs sorted by key, so it
+does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import trimesh
+
+from ..data.datasets import EvalScene
+from ..models.checkpoint import write_atomic
+from .metrics import scene_metrics
+
+Predictor = Callable[[EvalScene], dict[int, trimesh.Trimesh]]
+
+COLUMNS = [  # (record key, column title, scale, higher is better)
+    ("scene_cd", "CD-S", 1.0, False),
+    ("scene_fscore", "F-Score-S", 100.0, True),
+    ("object_cd", "CD-O", 1.0, False),
+    ("object_fscore", "F-Score-O", 100.0, True),
+    ("iou_bbox", "IoU-B", 1.0, True),
+]
+
+
+@dataclass
+class EvalOptions:
+    icp: str = "official"
+    points: int = 20480
+    seed: int = 42
+
+
+def sample_points(mesh: trimesh.Trimesh, count: int, seed: int) -> np.ndarray:
+    """``count`` area-weighted surface samples ``(count, 3)`` float32 (seeded)."""
+    points, _ = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    return np.array(points, dtype=np.float32)
+
+
+def score(scene: EvalScene, predicted: dict[int, trimesh.Trimesh], options: EvalOptions) -> dict[str, float]:
+    """Metrics of one scene; every kept GT instance needs a non-empty predicted mesh."""
+    missing = [i for i in scene.ids if i not in predicted or len(predicted[i].faces) == 0]
+    if missing:
+        raise ValueError(f"no predicted surface for instance(s) {', '.join(map(str, missing))}")
+    preds = [sample_points(predicted[i], options.points, options.seed + i) for i in scene.ids]
+    return scene_metrics(preds, scene.gt_points, options.icp)
+
+
+def load_prediction(path: Path) -> dict[int, trimesh.Trimesh]:
+    """Meshes of a scene file whose nodes are named ``instance_<id>`` (world transforms applied)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prediction not found")
+    scene = trimesh.load(path, force="scene")
+    meshes: dict[int, trimesh.Trimesh] = {}
+    for node in scene.graph.nodes_geometry:
+        if not node.startswith("instance_"):
+            continue
+        try:
+            instance = int(node[len("instance_"):])
+        except ValueError:
+            continue
+        transform, geometry = scene.graph[node]
+        mesh = scene.geometry[geometry].copy()
+        mesh.apply_transform(transform)
+        meshes[instance] = mesh
+    return meshes
+
+
+def export_ground_truth(scene: EvalScene, out_dir: Path) -> Path:
+    """Write the scene's GT meshes as ``<key>.glb`` with nodes ``instance_<id>``."""
+    export = trimesh.Scene()
+    for instance, path in zip(scene.ids, scene.gt_meshes):
+        mesh = trimesh.load(path, force="mesh")
+        name = f"instance_{instance}"
+        export.add_geometry(mesh, node_name=name, geom_name=name)
+    target = out_dir / f"{scene.key}.glb"
+    write_atomic(target, export.export(file_type="glb"))
+    return target
+
+
+class ResultLog:
+    """Per-rank JSONL files in ``out_dir``: append + flush + fsync per record."""
+
+    def __init__(self, out_dir: Path, rank: int = 0):
+        self.out_dir = out_dir
+        self.path = out_dir / f"results-{rank}.jsonl"
+
+    def records(self) -> dict[str, dict]:
+        """All complete records of all ranks, by key (a torn last line is ignored)."""
+        found: dict[str, dict] = {}
+        for path in sorted(self.out_dir.glob("results-*.jsonl")):
+            for line in path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                found.setdefault(record["key"], record)
+        return found
+
+    def append(self, record: dict) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def run(dataset, predictor: Predictor, out_dir: Path, options: EvalOptions, keys: Iterable[str] | None = None,
+        rank: int = 0, world: int = 1, retry_failed: bool = False,
+        progress: Callable[[str, dict], None] | None = None) -> None:
+    """Score this rank's share of ``dataset`` (optionally only ``keys``), skipping finished scenes."""
+    log = ResultLog(out_dir, rank)
+    finished = log.records()
+    all_keys = dataset.keys()
+    wanted = set(keys) if keys is not None else None
+    for index, key in enumerate(all_keys):
+        if index % world != rank or (wanted is not None and key not in wanted):
+            continue
+        previous = finished.get(key)
+        if previous is not None and (previous["status"] == "ok" or not retry_failed):
+            continue
+        start = time.perf_counter()
+        try:
+            scene = dataset.load(index)
+            metrics = score(scene, predictor(scene), options)
+            record = {"key": key, "status": "ok", "objects": len(scene.ids), **metrics}
+        except Exception as err:  # every failure is recorded and counted, the run goes on
+            record = {"key": key, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        record["icp"] = options.icp
+        log.append(record)
+        if progress:
+            progress(key, record)
+
+
+def summarise(records: dict[str, dict], keys: list[str], icp: str) -> dict:
+    """Means over scored scenes (in key order), counts of scored and failed scenes."""
+    chosen = [records[k] for k in keys if k in records]
+    ok = [r for r in chosen if r["status"] == "ok"]
+    failed = [r for r in chosen if r["status"] != "ok"]
+    summary = {"icp": icp, "scenes": len(keys), "scored": len(ok), "failed": len(failed),
+               "missing": len(keys) - len(chosen),
+               "seconds_per_scene": float(np.mean([r["seconds"] for r in ok])) if ok else math.nan}
+    for key, _, _, _ in COLUMNS:
+        summary[key] = float(np.mean([r[key] for r in ok])) if ok else math.nan
+    summary["failures"] = {r["key"]: r["error"] for r in failed}
+    return summary
+
+
+def summary_rows(summary: dict) -> tuple[list[str], list[str]]:
+    """Header and values of the paper's table (F-scores in percent)."""
+    header = [f"{title} {'↑' if better else '↓'}" for _, title, _, better in COLUMNS]
+    values = [f"{summary[key] * scale:.4f}" for key, _, scale, _ in COLUMNS]
+    header += ["s/scene", "scored", "failed"]
+    values += [f"{summary['seconds_per_scene']:.2f}", str(summary["scored"]), str(summary["failed"])]
+    return header, values
+
+
+def write_summary(out_dir: Path, summary: dict) -> None:
+    """``summary.md``, ``summary.csv`` and ``summary.json`` (atomic)."""
+    header, values = summary_rows(summary)
+    markdown = [f"ICP: {summary['icp']} · scenes: {summary['scenes']} (scored {summary['scored']}, "
+                f"failed {summary['failed']}, missing {summary['missing']})", "",
+                "| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(values) + " |"]
+    if summary["failures"]:
+        markdown += ["", "Failed scenes:", ""] + [f"- `{k}`: {v}" for k, v in sorted(summary["failures"].items())]
+    write_atomic(out_dir / "summary.md", ("\n".join(markdown) + "\n").encode())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["icp"] + [h.split(" ")[0] for h in header])
+    writer.writerow([summary["icp"]] + values)
+    write_atomic(out_dir / "summary.csv", buffer.getvalue().encode())
+    write_atomic(out_dir / "summary.json", (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode())

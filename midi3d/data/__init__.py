@@ -1,0 +1,1 @@
+"""Datasets: the synthetic scene generator and dataset readers."""

@@ -1,0 +1,346 @@
+"""Synthetic indoor scenes in the 3D-Front (MIDI) dataset layout, rendered on the CPU.
+
+Each scene holds 2–10 pieces of procedural furniture on a floor (some touching, small ones
+sometimes standing on a table or cabinet, none interpenetrating: their axis-aligned boxes may
+touch but never overlap), normalised into the scene frame ``[-0.95, 0.95]^3`` (y up). Views are
+ray cast with Open3D (Lambertian shading with a key light, white background).
+
+Output, under ``root``::
+
+    3D-FRONT-RENDER/<house>/<room>/render_0000.webp, semantic_0000.png   (object k has id k+1)
+    3D-FRONT-RENDER/<house>/<room>/camera_0000.json      (eye, centre, up, horizontal fov)
+    3D-FRONT-SCENE/<house>/<room>/<object>.glb                           (scene coordinates)
+    3D-FRONT-SURFACE/<house>/<room>/<object>.npy     (dict: surface_points, surface_normals)
+    midi_room_ids.json, midi_furniture_ids.json, valid_room_ids.json, valid_furniture_ids.json
+    pairs/<house>__<room>_rgb.png, _seg.png                       (for ``midi3d generate DIR``)
+
+Deterministic for a seed: every scene draws from ``default_rng([seed, index])``.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import io
+import json
+import os
+import pickle
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from PIL import Image
+
+from .furniture import FLOOR_FURNITURE, SMALL_FURNITURE, SUPPORTS
+
+RENDER, SCENE, SURFACE = "3D-FRONT-RENDER", "3D-FRONT-SCENE", "3D-FRONT-SURFACE"
+SCENE_EXTENT = 0.95
+
+
+@dataclass
+class SynthConfig:
+    """Generator settings (also written to ``synth_config.json``)."""
+
+    seed: int = 0
+    min_objects: int = 2
+    max_objects: int = 10
+    image_size: int = 512
+    views: int = 1
+    elevation_deg: tuple[float, float] = (15.0, 40.0)
+    fov_deg: tuple[float, float] = (40.0, 60.0)
+    surface_points: int = 20480
+    stack_probability: float = 0.35
+    touch_probability: float = 0.3
+
+
+@dataclass
+class SceneObject:
+    name: str
+    kind: str
+    mesh: trimesh.Trimesh
+    colour: tuple[float, float, float]
+
+
+# -- layout ------------------------------------------------------------------------------------
+
+
+def _overlaps(bounds: np.ndarray, others: list[np.ndarray], eps: float = 1e-6) -> bool:
+    """Whether an axis-aligned box ``[2, 3]`` overlaps (beyond touching) any of ``others``."""
+    return any(bool(np.all(np.minimum(bounds[1], o[1]) - np.maximum(bounds[0], o[0]) > eps)) for o in others)
+
+
+def _random_colour(rng: np.random.Generator) -> tuple[float, float, float]:
+    return colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.25, 0.8), rng.uniform(0.45, 0.95))
+
+
+def layout_scene(rng: np.random.Generator, config: SynthConfig) -> list[SceneObject]:
+    """Place 2–10 objects without overlap; returns them in the normalised scene frame."""
+    count = int(rng.integers(config.min_objects, config.max_objects + 1))
+    room = rng.uniform(3.0, 5.0)
+    kinds = list(FLOOR_FURNITURE)
+    placed: list[SceneObject] = []
+    boxes: list[np.ndarray] = []
+    attempts = 0
+    while len(placed) < count and attempts < 400:
+        attempts += 1
+        supports = [o for o in placed if o.kind in SUPPORTS]
+        stack = supports and rng.uniform() < config.stack_probability
+        kind = str(rng.choice(list(SMALL_FURNITURE) if stack else kinds))
+        mesh = FLOOR_FURNITURE[kind](rng)
+        mesh.apply_transform(trimesh.transformations.rotation_matrix(rng.integers(4) * np.pi / 2, [0, 1, 0]))
+        lo, hi = mesh.bounds
+        size = hi - lo
+        if stack:
+            support = supports[int(rng.integers(len(supports)))].mesh.bounds
+            free = (support[1] - support[0])[[0, 2]] - size[[0, 2]]
+            if np.any(free < 0):
+                continue
+            x = support[0][0] + rng.uniform(0, free[0]) - lo[0]
+            z = support[0][2] + rng.uniform(0, free[1]) - lo[2]
+            offset = np.array([x, support[1][1] - lo[1], z])
+        elif placed and rng.uniform() < config.touch_probability:
+            other = boxes[int(rng.integers(len(boxes)))]
+            axis, side = int(rng.choice([0, 2])), int(rng.choice([-1, 1]))
+            offset = np.zeros(3)
+            offset[1] = -lo[1]
+            offset[axis] = other[1][axis] - lo[axis] if side > 0 else other[0][axis] - hi[axis]
+            across = 2 - axis
+            offset[across] = rng.uniform(other[0][across] - size[across] / 2, other[1][across] - size[across] / 2) - lo[
+                across]
+        else:
+            offset = np.array([rng.uniform(-room / 2, room / 2 - size[0]) - lo[0], -lo[1],
+                               rng.uniform(-room / 2, room / 2 - size[2]) - lo[2]])
+        bounds = np.stack([lo + offset, hi + offset])
+        if _overlaps(bounds, boxes):
+            continue
+        mesh.apply_translation(offset)
+        placed.append(SceneObject(f"{kind}-{len(placed):02d}", kind, mesh, _random_colour(rng)))
+        boxes.append(bounds)
+    _normalise(placed)
+    return placed
+
+
+def _normalise(objects: list[SceneObject]) -> None:
+    """Centre the scene and scale its largest extent to ``2 * SCENE_EXTENT``."""
+    bounds = np.stack([np.min([o.mesh.bounds[0] for o in objects], axis=0),
+                       np.max([o.mesh.bounds[1] for o in objects], axis=0)])
+    centre, scale = bounds.mean(axis=0), 2 * SCENE_EXTENT / (bounds[1] - bounds[0]).max()
+    for obj in objects:
+        obj.mesh.apply_translation(-centre)
+        obj.mesh.apply_scale(scale)
+
+
+# -- rendering ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Camera:
+    eye: np.ndarray
+    centre: np.ndarray
+    fov_deg: float
+
+
+def sample_camera(rng: np.random.Generator, objects: list[SceneObject], config: SynthConfig) -> Camera:
+    """A camera on a circle around the scene, looking at its centre, that sees every object."""
+    vertices = np.concatenate([o.mesh.vertices for o in objects])
+    centre = (vertices.min(axis=0) + vertices.max(axis=0)) / 2
+    radius = np.linalg.norm(vertices - centre, axis=1).max()
+    fov = rng.uniform(*config.fov_deg)
+    elevation, azimuth = np.radians(rng.uniform(*config.elevation_deg)), rng.uniform(0, 2 * np.pi)
+    distance = radius / np.sin(np.radians(fov) / 2) * 1.02
+    direction = np.array([np.cos(elevation) * np.cos(azimuth), np.sin(elevation), np.cos(elevation) * np.sin(azimuth)])
+    return Camera(centre + distance * direction, centre, fov)
+
+
+def render(objects: list[SceneObject], camera: Camera, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ray-cast RGB ``[H, W, 3]`` uint8 (white background) and ids ``[H, W]`` uint8 (object k → k+1)."""
+    import open3d as o3d
+
+    scene = o3d.t.geometry.RaycastingScene()
+    for obj in objects:
+        scene.add_triangles(o3d.core.Tensor(np.asarray(obj.mesh.vertices, np.float32)),
+                            o3d.core.Tensor(np.asarray(obj.mesh.faces, np.uint32)))
+    rays = o3d.t.geometry.RaycastingScene.create_rays_pinhole(
+        fov_deg=float(camera.fov_deg), center=o3d.core.Tensor(camera.centre.astype(np.float32)),
+        eye=o3d.core.Tensor(camera.eye.astype(np.float32)), up=o3d.core.Tensor(np.array([0, 1, 0], np.float32)),
+        width_px=size, height_px=size)
+    # Open3D's pinhole grid starts at the bottom-right pixel; flip it so that row 0 is the top
+    # and column 0 the left of the image (checked against a pinhole projection in the tests).
+    rays = o3d.core.Tensor(np.ascontiguousarray(rays.numpy()[::-1, ::-1]))
+    hits = scene.cast_rays(rays)
+    ids = hits["geometry_ids"].numpy().astype(np.int64)
+    hit = ids != o3d.t.geometry.RaycastingScene.INVALID_ID
+    normals = hits["primitive_normals"].numpy()
+    directions = rays.numpy()[..., 3:]
+    normals = np.where((np.sum(normals * directions, axis=-1) > 0)[..., None], -normals, normals)
+    light = np.array([0.4, 0.8, 0.3]) + 0.3 * (camera.eye - camera.centre) / np.linalg.norm(camera.eye - camera.centre)
+    light /= np.linalg.norm(light)
+    shade = 0.35 + 0.65 * np.clip(normals @ light, 0, 1)
+    albedo = np.array([o.colour for o in objects] + [(1.0, 1.0, 1.0)])[np.where(hit, ids, len(objects))]
+    rgb = np.where(hit[..., None], albedo * shade[..., None], 1.0)
+    labels = np.where(hit, ids + 1, 0).astype(np.uint8)
+    return np.round(rgb * 255).astype(np.uint8), labels
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+
+def _surface(mesh: trimesh.Trimesh, count: int, seed: int) -> dict[str, np.ndarray]:
+    points, faces = trimesh.sample.sample_surface(mesh, count, seed=seed)
+    return {"surface_points": np.array(points, dtype=np.float32),
+            "surface_normals": np.array(mesh.face_normals[faces], dtype=np.float32)}
+
+
+def _png_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def generate_scene(root: Path, house: str, index: int, config: SynthConfig) -> dict:
+    """Generate and write room ``index``; each per-room folder appears atomically (renamed last)."""
+    room = f"room-{index:05d}"
+    rng = np.random.default_rng([config.seed, index])
+    objects = layout_scene(rng, config)
+    staging = root / ".staging" / f"{house}__{room}"
+    shutil.rmtree(staging, ignore_errors=True)
+    for folder in (RENDER, SCENE, SURFACE):
+        (staging / folder).mkdir(parents=True)
+    for k, obj in enumerate(objects):
+        coloured = obj.mesh.copy()
+        coloured.visual = trimesh.visual.ColorVisuals(
+            coloured, vertex_colors=np.tile(np.round(np.array([*obj.colour, 1.0]) * 255).astype(np.uint8),
+                                            (len(coloured.vertices), 1)))
+        (staging / SCENE / f"{obj.name}.glb").write_bytes(coloured.export(file_type="glb"))
+        surface = _surface(obj.mesh, config.surface_points, seed=int(rng.integers(2**31)) + k)
+        with open(staging / SURFACE / f"{obj.name}.npy", "wb") as handle:
+            np.save(handle, np.array(surface, dtype=object), allow_pickle=True)
+    pairs = []
+    for view in range(config.views):
+        camera = sample_camera(rng, objects, config)
+        rgb, labels = render(objects, camera, config.image_size)
+        camera_json = {"eye": camera.eye.tolist(), "centre": camera.centre.tolist(), "up": [0.0, 1.0, 0.0],
+                       "fov_deg": float(camera.fov_deg), "image_size": config.image_size}
+        (staging / RENDER / f"camera_{view:04d}.json").write_text(json.dumps(camera_json, sort_keys=True) + "\n")
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="WEBP", lossless=True)
+        (staging / RENDER / f"render_{view:04d}.webp").write_bytes(buffer.getvalue())
+        (staging / RENDER / f"semantic_{view:04d}.png").write_bytes(_png_bytes(labels))
+        if view == 0:
+            pairs = [(f"{house}__{room}_rgb.png", _png_bytes(rgb)), (f"{house}__{room}_seg.png", _png_bytes(labels))]
+    for folder in (SURFACE, SCENE, RENDER):  # RENDER last: its presence marks a finished room
+        target = root / folder / house / room
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging / folder, target)
+    (root / "pairs").mkdir(exist_ok=True)
+    for name, data in pairs:
+        (root / "pairs" / name).write_bytes(data)
+    shutil.rmtree(staging, ignore_errors=True)
+    return {"room": f"{house}/{room}", "objects": [o.name for o in objects]}
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def generate_dataset(root: str | Path, scenes: int, config: SynthConfig, jobs: int = 1, progress=None) -> list[dict]:
+    """Generate ``scenes`` rooms under ``root`` with ``jobs`` processes; reruns skip finished rooms.
+
+    ``progress(done, total)`` is called as rooms finish.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    house = f"synth-{config.seed}"
+    _write_json(root / "synth_config.json", asdict(config) | {"scenes": scenes})
+    results: dict[int, dict] = {}
+    todo = []
+    for index in range(scenes):
+        finished = root / RENDER / house / f"room-{index:05d}"
+        objects_dir = root / SCENE / house / f"room-{index:05d}"
+        if finished.is_dir() and objects_dir.is_dir():
+            results[index] = {"room": f"{house}/room-{index:05d}",
+                              "objects": sorted(p.stem for p in objects_dir.glob("*.glb"))}
+        else:
+            todo.append(index)
+    done = len(results)
+    if progress:
+        progress(done, scenes)
+    if jobs <= 1:
+        for index in todo:
+            results[index] = generate_scene(root, house, index, config)
+            done += 1
+            if progress:
+                progress(done, scenes)
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = {pool.submit(generate_scene, root, house, index, config): index for index in todo}
+            for future in _as_completed(futures):
+                results[futures[future]] = future.result()
+                done += 1
+                if progress:
+                    progress(done, scenes)
+    ordered = [results[i] for i in range(scenes)]
+    rooms = [r["room"] for r in ordered]
+    furniture = [r["objects"] for r in ordered]
+    for prefix in ("midi", "valid"):
+        _write_json(root / f"{prefix}_room_ids.json", rooms)
+        _write_json(root / f"{prefix}_furniture_ids.json", furniture)
+    shutil.rmtree(root / ".staging", ignore_errors=True)
+    return ordered
+
+
+def _as_completed(futures):
+    from concurrent.futures import as_completed
+
+    return as_completed(futures)
+
+
+def read_surface(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a surface ``.npy`` (a pickled dict of arrays, or a plain ``[K, 6]`` array) safely.
+
+    Pickled dicts are decoded by an unpickler that only rebuilds numpy arrays and plain
+    containers, so a crafted file cannot run code. Errors name the file.
+    """
+    path = Path(path)
+    try:
+        data = _read_npy(path)
+    except pickle.UnpicklingError as err:
+        raise pickle.UnpicklingError(f"{path}: {err}") from None
+    except (OSError, EOFError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: unreadable surface file ({err})") from None
+    if isinstance(data, np.ndarray) and data.dtype != object:
+        if data.ndim != 2 or data.shape[1] != 6:
+            raise ValueError(f"{path}: expected a [K, 6] array or a dict, got shape {data.shape}")
+        return {"surface_points": data[:, :3], "surface_normals": data[:, 3:]}
+    if isinstance(data, np.ndarray) and data.shape == ():
+        data = data.item()
+    if not isinstance(data, dict) or not isinstance(data.get("surface_points"), np.ndarray):
+        raise ValueError(f"{path}: expected a dict with a 'surface_points' array")
+    return {k: np.asarray(v, dtype=np.float32) for k, v in data.items() if isinstance(v, np.ndarray)}
+
+
+def _read_npy(path: Path):
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        _, _, dtype = read_header(handle)
+        if dtype != object:
+            handle.seek(0)
+            return np.load(handle, allow_pickle=False)
+        return _SafeUnpickler(handle).load()
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("builtins", "dict"), ("builtins", "list")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a surface file")
+        return super().find_class(module, name)

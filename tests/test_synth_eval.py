@@ -1,0 +1,221 @@
+"""Synthetic generator, dataset readers and the benchmark runner."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from typer.testing import CliRunner
+
+from midi3d.cli import app
+from midi3d.data.datasets import ThreeDFrontDataset
+from midi3d.data.synth import SynthConfig, generate_dataset, read_surface
+from midi3d.eval.runner import EvalOptions, ResultLog, load_prediction, run, summarise
+
+SMALL = SynthConfig(seed=3, image_size=128, surface_points=2048)
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth") / "data"
+    generate_dataset(root, 4, SMALL, jobs=2)
+    return root
+
+
+def test_generator_is_deterministic_and_readable(dataset_root, tmp_path):
+    again = tmp_path / "again"
+    generate_dataset(again, 4, SMALL, jobs=1)
+    assert tree_digest(again) == tree_digest(dataset_root)
+    data = ThreeDFrontDataset(dataset_root, object_filter=None, points=1024)
+    assert len(data) == 4
+    for index in range(len(data)):
+        scene = data.load(index)
+        assert scene.rgb.shape == (512, 512, 3) and scene.labels.shape == (512, 512)
+        assert 1 <= len(scene.ids) <= 7
+        assert all(p.shape == (1024, 3) for p in scene.gt_points)
+
+
+def test_objects_do_not_interpenetrate(dataset_root):
+    rooms = json.loads((dataset_root / "midi_room_ids.json").read_text())
+    furniture = json.loads((dataset_root / "midi_furniture_ids.json").read_text())
+    for room, names in zip(rooms, furniture):
+        assert 2 <= len(names) <= 10
+        boxes = [trimesh.load(dataset_root / "3D-FRONT-SCENE" / room / f"{n}.glb", force="mesh").bounds for n in names]
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                overlap = np.minimum(boxes[i][1], boxes[j][1]) - np.maximum(boxes[i][0], boxes[j][0])
+                assert not np.all(overlap > 1e-4), (room, names[i], names[j])
+        assert np.abs(np.concatenate(boxes)).max() <= 0.95 + 1e-5
+
+
+def test_render_orientation_matches_a_pinhole_projection():
+    from midi3d.data.synth import Camera, SceneObject, render
+
+    right = trimesh.creation.icosphere(radius=0.1)
+    right.apply_translation([0.5, 0, 0])
+    up = trimesh.creation.icosphere(radius=0.1)
+    up.apply_translation([0, 0.5, 0])
+    objects = [SceneObject("r", "x", right, (1, 0, 0)), SceneObject("u", "x", up, (0, 1, 0))]
+    _, ids = render(objects, Camera(np.array([0, 0, 3.0]), np.zeros(3), 60.0), 64)
+    focal = 32 / np.tan(np.radians(30))
+    rows, cols = np.nonzero(ids == 1)
+    assert abs(cols.mean() - (31.5 + focal * 0.5 / 3)) < 1.0 and abs(rows.mean() - 31.5) < 1.0
+    rows, cols = np.nonzero(ids == 2)
+    assert abs(rows.mean() - (31.5 - focal * 0.5 / 3)) < 1.0 and abs(cols.mean() - 31.5) < 1.0
+
+
+def test_surface_reader_refuses_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "evil.npy"
+    np.save(path, np.array({"surface_points": Evil()}, dtype=object), allow_pickle=True)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load"):
+        read_surface(path)
+    plain = tmp_path / "plain.npy"
+    np.save(plain, np.ones((5, 6), np.float32))
+    assert read_surface(plain)["surface_points"].shape == (5, 3)
+
+
+def test_ground_truth_scored_against_itself(dataset_root, tmp_path):
+    runner = CliRunner()
+    gt = tmp_path / "gt"
+    result = runner.invoke(app, ["eval", "--root", str(dataset_root), "--export-gt", str(gt), "--quiet"])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "res"
+    result = runner.invoke(app, ["eval", "--root", str(dataset_root), "--pred-dir", str(gt), "--out", str(out),
+                                 "--icp", "kabsch", "--points", "4096", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scored"] == 4 and summary["failed"] == 0 and summary["icp"] == "kabsch"
+    assert summary["scene_fscore"] >= 0.999 and summary["iou_bbox"] >= 0.99
+    assert summary["scene_cd"] < 1e-3  # surface-sampling noise only
+    assert "ICP: kabsch" in (out / "summary.md").read_text()
+
+
+def test_shifted_objects_give_the_expected_iou(dataset_root, tmp_path):
+    data = ThreeDFrontDataset(dataset_root, points=4096)
+    scene = data.load(0)
+    offset = np.array([0.02, 0.0, 0.0])
+    predicted = {}
+    for instance, path in zip(scene.ids, scene.gt_meshes):
+        mesh = trimesh.load(path, force="mesh")
+        mesh.apply_translation(offset)
+        predicted[instance] = mesh
+    from midi3d.eval.runner import score
+
+    metrics = score(scene, predicted, EvalOptions(icp="kabsch", points=20000))
+    expected = []
+    for points in scene.gt_points:
+        size = points.max(0) - points.min(0)
+        overlap = np.prod(size - np.abs(offset))
+        expected.append(overlap / (2 * np.prod(size) - overlap))
+    assert metrics["iou_bbox"] == pytest.approx(np.mean(expected), abs=0.01)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_without_duplicates(dataset_root, tmp_path):
+    data = ThreeDFrontDataset(dataset_root, points=2048)
+    gt_dir = tmp_path / "gt"
+    from midi3d.eval.runner import export_ground_truth
+
+    for index in range(len(data)):
+        export_ground_truth(data.load(index), gt_dir)
+    options = EvalOptions(icp="kabsch", points=2048)
+
+    def predictor(scene):
+        return load_prediction(gt_dir / f"{scene.key}.glb")
+
+    calls = []
+
+    def flaky(scene):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # a kill after two finished scenes
+        calls.append(scene.key)
+        return predictor(scene)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(data, flaky, tmp_path / "resumed", options)
+    run(data, predictor, tmp_path / "resumed", options)
+    run(data, predictor, tmp_path / "straight", options)
+    lines = (tmp_path / "resumed" / "results-0.jsonl").read_text().splitlines()
+    keys = [json.loads(line)["key"] for line in lines]
+    assert sorted(keys) == sorted(set(keys)) == sorted(data.keys())
+
+    def metrics(folder):
+        summary = summarise(ResultLog(folder).records(), data.keys(), "kabsch")
+        return {k: v for k, v in summary.items() if k != "seconds_per_scene"}
+
+    assert metrics(tmp_path / "resumed") == metrics(tmp_path / "straight")
+
+
+def test_broken_scene_is_recorded_and_the_run_goes_on(dataset_root, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset_root, broken)
+    room = json.loads((broken / "midi_room_ids.json").read_text())[1]
+    name = json.loads((broken / "midi_furniture_ids.json").read_text())[1][0]
+    (broken / "3D-FRONT-SURFACE" / room / f"{name}.npy").write_bytes(b"garbage")
+    (broken / "3D-FRONT-RENDER" / json.loads((broken / "midi_room_ids.json").read_text())[2] /
+     "render_0000.webp").unlink()
+    data = ThreeDFrontDataset(broken, points=1024)
+    gt = {}
+
+    def predictor(scene):
+        return {i: trimesh.load(p, force="mesh") for i, p in zip(scene.ids, scene.gt_meshes)}
+
+    run(data, predictor, tmp_path / "out", EvalOptions(icp="none", points=1024))
+    records = ResultLog(tmp_path / "out").records()
+    summary = summarise(records, data.keys(), "none")
+    assert summary["scored"] == 2 and summary["failed"] == 2
+    errors = " ".join(summary["failures"].values())
+    assert f"{name}.npy" in errors and "render_0000.webp" in errors
+    del gt
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_summary(dataset_root, tmp_path):
+    runner = CliRunner()
+    gt = tmp_path / "gt"
+    assert runner.invoke(app, ["eval", "--root", str(dataset_root), "--export-gt", str(gt), "-q"]).exit_code == 0
+    common = ["--root", str(dataset_root), "--pred-dir", str(gt), "--icp", "kabsch", "--points", "2048", "-q"]
+    assert runner.invoke(app, ["eval", *common, "--out", str(tmp_path / "one")]).exit_code == 0
+    launcher = Path(sys.executable).with_name("accelerate")
+    # accelerate >= 1.0 runs `--cpu` jobs in a single process unless mpirun is set up; on a machine
+    # without GPUs, `--multi_gpu` starts real CPU processes (gloo), which is what this test needs.
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
+    subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                    "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "midi3d.eval", *common,
+                    "--out", str(tmp_path / "two")], check=True, capture_output=True, timeout=600, env=env)
+    assert (tmp_path / "two" / "results-1.jsonl").is_file()  # the second process did its share
+
+    def metrics(folder):
+        summary = json.loads((folder / "summary.json").read_text())
+        return {k: v for k, v in summary.items() if k != "seconds_per_scene"}
+
+    assert metrics(tmp_path / "two") == metrics(tmp_path / "one")
+
+
+def test_synth_cli(tmp_path):
+    result = CliRunner().invoke(app, ["synth", "--out", str(tmp_path / "d"), "--scenes", "2", "--image-size", "64",
+                                      "--jobs", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "d" / "pairs").glob("*_rgb.png"))) == 2
