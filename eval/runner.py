@@ -120,8 +120,11 @@ class ResultLog:
 
 def run(dataset, predictor: Predictor, out_dir: Path, options: EvalOptions, keys: Iterable[str] | None = None,
         rank: int = 0, world: int = 1, retry_failed: bool = False,
-        progress: Callable[[str, dict], None] | None = None) -> None:
-    """Score this rank's share of ``dataset`` (optionally only ``keys``), skipping finished scenes."""
+        progress: Callable[[str, dict], None] | None = None, visuals_dir: Path | None = None) -> None:
+    """Score this rank's share of ``dataset`` (optionally only ``keys``), skipping finished scenes.
+
+    With ``visuals_dir``, a figure per scored scene is written there (see :mod:`.visuals`).
+    """
     log = ResultLog(out_dir, rank)
     finished = log.records()
     all_keys = dataset.keys()
@@ -135,10 +138,18 @@ def run(dataset, predictor: Predictor, out_dir: Path, options: EvalOptions, keys
         start = time.perf_counter()
         try:
             scene = dataset.load(index)
-            metrics = score(scene, predictor(scene), options)
+            predicted = predictor(scene)
+            metrics = score(scene, predicted, options)
             record = {"key": key, "status": "ok", "objects": len(scene.ids), **metrics}
         except Exception as err:  # every failure is recorded and counted, the run goes on
             record = {"key": key, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+        if visuals_dir is not None and record["status"] == "ok":
+            from .visuals import save_scene_figure
+
+            try:
+                save_scene_figure(scene, predicted, metrics, visuals_dir / f"{key}.png")
+            except Exception as err:  # a figure never fails a scored scene
+                record["visual_error"] = f"{type(err).__name__}: {err}"
         record["seconds"] = round(time.perf_counter() - start, 3)
         record["icp"] = options.icp
         log.append(record)
@@ -160,10 +171,15 @@ def summarise(records: dict[str, dict], keys: list[str], icp: str) -> dict:
     return summary
 
 
+def _format(value: float) -> str:
+    """Four decimals, or scientific notation for values too small to show that way."""
+    return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 or math.isnan(value) else f"{value:.2e}"
+
+
 def summary_rows(summary: dict) -> tuple[list[str], list[str]]:
     """Header and values of the paper's table (F-scores in percent)."""
     header = [f"{title} {'↑' if better else '↓'}" for _, title, _, better in COLUMNS]
-    values = [f"{summary[key] * scale:.4f}" for key, _, scale, _ in COLUMNS]
+    values = [_format(summary[key] * scale) for key, _, scale, _ in COLUMNS]
     header += ["s/scene", "scored", "failed"]
     values += [f"{summary['seconds_per_scene']:.2f}", str(summary["scored"]), str(summary["failed"])]
     return header, values

@@ -260,6 +260,8 @@ def evaluate(
                                     help="hierarchical, or dense for the strict official protocol."),
     resolution: int = typer.Option(256, "--resolution"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run scenes that failed before."),
+    save_visuals: bool = typer.Option(False, "--save-visuals",
+                                      help="Write OUT/visuals/<key>.png: input, masks, prediction, ground truth."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Score a method on 3D-Front or BlendSwap (CD, F-Score, IoU-B at scene and object level)."""
@@ -338,7 +340,8 @@ def evaluate(
                 progress.console.print(f"[red]failed[/] {key}: {record['error']}", highlight=False)
 
         run(data, predictor, out, EvalOptions(icp=icp.value, points=points, seed=seed), keys=keys, rank=rank,
-            world=world, retry_failed=retry_failed, progress=report)
+            world=world, retry_failed=retry_failed, progress=report,
+            visuals_dir=out / "visuals" if save_visuals else None)
     if state is not None:
         state.wait_for_everyone()
     if rank != 0:

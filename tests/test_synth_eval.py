@@ -219,3 +219,50 @@ def test_synth_cli(tmp_path):
                                       "--jobs", "1", "-q"])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "d" / "pairs").glob("*_rgb.png"))) == 2
+
+
+@pytest.mark.slow
+def test_killed_eval_process_resumes(dataset_root, tmp_path):
+    import signal
+    import time
+
+    runner = CliRunner()
+    gt = tmp_path / "gt"
+    assert runner.invoke(app, ["eval", "--root", str(dataset_root), "--export-gt", str(gt), "-q"]).exit_code == 0
+    common = ["eval", "--root", str(dataset_root), "--pred-dir", str(gt), "--icp", "kabsch", "--points", "4096",
+              "-q"]
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "midi3d", *common, "--out", str(killed)])
+    log = killed / "results-0.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_before = log.read_text().count("\n")
+    assert 1 <= finished_before < 4, "the kill should land mid-run"
+    assert runner.invoke(app, [*common, "--out", str(killed)]).exit_code == 0
+    assert runner.invoke(app, [*common, "--out", str(tmp_path / "straight")]).exit_code == 0
+    keys = [json.loads(line)["key"] for line in log.read_text().splitlines()]
+    assert len(keys) == len(set(keys)) == 4
+
+    def metrics(folder):
+        summary = json.loads((folder / "summary.json").read_text())
+        return {k: v for k, v in summary.items() if k != "seconds_per_scene"}
+
+    assert metrics(killed) == metrics(tmp_path / "straight")
+
+
+def test_visuals_figure(dataset_root, tmp_path):
+    from PIL import Image
+
+    from midi3d.eval.visuals import PANEL, save_scene_figure
+
+    scene = ThreeDFrontDataset(dataset_root, points=512).load(0)
+    predicted = {i: trimesh.load(p, force="mesh") for i, p in zip(scene.ids, scene.gt_meshes)}
+    path = save_scene_figure(scene, predicted, None, tmp_path / "fig.png")
+    figure = np.asarray(Image.open(path).convert("RGB"))
+    assert figure.shape == (PANEL + 36, 4 * PANEL, 3)
+    prediction_panel, truth_panel = figure[18:-18, 2 * PANEL : 3 * PANEL], figure[18:-18, 3 * PANEL :]
+    assert (prediction_panel < 250).any()  # something was rendered
+    np.testing.assert_array_equal(prediction_panel, truth_panel)  # same meshes, same view, same picture

@@ -37,6 +37,7 @@ class EvalScene:
     gt_points: list[np.ndarray]
     gt_meshes: list[Path] = field(default_factory=list)
     dropped: list[int] = field(default_factory=list)
+    camera_file: Path | None = None
 
 
 @dataclass
@@ -128,7 +129,7 @@ class ThreeDFrontDataset:
             surface = read_surface(self.root / SURFACE / room / f"{name}.npy")["surface_points"]
             gt_points.append(_subsample(surface, self.points, [self.filter.seed, _stable_hash(key), instance]))
             meshes.append(self.root / SCENE / room / f"{name}.glb")
-        return EvalScene(key, rgb, labels, kept, gt_points, meshes, dropped)
+        return EvalScene(key, rgb, labels, kept, gt_points, meshes, dropped, render_dir / f"camera_{view_name}.json")
 
     def __iter__(self) -> Iterator[EvalScene]:
         for index in range(len(self)):
@@ -141,6 +142,7 @@ class BlendSwapDataset:
         <root>/<scene>/image.png            RGB (or RGBA, composited on white)
         <root>/<scene>/labels.png           instance label map (any encoding midi3d reads)
         <root>/<scene>/meshes/<id>.glb      one mesh per labelled instance, scene coordinates (.obj/.ply too)
+        <root>/<scene>/camera.json          optional: {"eye", "centre", "fov_deg"} of the image, for figures
 
     Ground-truth points are sampled on the meshes (area-weighted, seeded).
     """
@@ -183,7 +185,7 @@ class BlendSwapDataset:
             points, _ = trimesh.sample.sample_surface(mesh, self.points, seed=_stable_hash(f"{key}/{instance}"))
             gt_points.append(np.array(points, dtype=np.float32))
             meshes.append(path)
-        return EvalScene(key, rgb, labels, kept, gt_points, meshes, dropped)
+        return EvalScene(key, rgb, labels, kept, gt_points, meshes, dropped, folder / "camera.json")
 
     def __iter__(self) -> Iterator[EvalScene]:
         for index in range(len(self)):
