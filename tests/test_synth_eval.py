@@ -266,3 +266,37 @@ def test_visuals_figure(dataset_root, tmp_path):
     prediction_panel, truth_panel = figure[18:-18, 2 * PANEL : 3 * PANEL], figure[18:-18, 3 * PANEL :]
     assert (prediction_panel < 250).any()  # something was rendered
     np.testing.assert_array_equal(prediction_panel, truth_panel)  # same meshes, same view, same picture
+
+
+def test_blendswap_layout(dataset_root, tmp_path):
+    import shutil
+
+    from midi3d.data.datasets import BlendSwapDataset
+
+    rooms = json.loads((dataset_root / "midi_room_ids.json").read_text())
+    furniture = json.loads((dataset_root / "midi_furniture_ids.json").read_text())
+    root = tmp_path / "blendswap"
+    for room, names in list(zip(rooms, furniture))[:2]:
+        folder = root / room.replace("/", "__")
+        (folder / "meshes").mkdir(parents=True)
+        render = dataset_root / "3D-FRONT-RENDER" / room
+        from PIL import Image
+
+        Image.open(render / "render_0000.webp").save(folder / "image.png")
+        shutil.copy(render / "semantic_0000.png", folder / "labels.png")
+        for k, name in enumerate(names):
+            shutil.copy(dataset_root / "3D-FRONT-SCENE" / room / f"{name}.glb", folder / "meshes" / f"{k + 1}.glb")
+    data = BlendSwapDataset(root, points=1024)
+    assert len(data) == 2
+    scene = data.load(0)
+    assert scene.ids and all(p.shape == (1024, 3) for p in scene.gt_points)
+    out = tmp_path / "res"
+    gt = tmp_path / "gt"
+    runner = CliRunner()
+    assert runner.invoke(app, ["eval", "--dataset", "blendswap", "--root", str(root), "--export-gt", str(gt),
+                               "-q"]).exit_code == 0
+    result = runner.invoke(app, ["eval", "--dataset", "blendswap", "--root", str(root), "--pred-dir", str(gt),
+                                 "--icp", "kabsch", "--points", "2048", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scored"] == 2 and summary["scene_fscore"] > 0.999
