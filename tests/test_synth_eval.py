@@ -204,7 +204,8 @@ def test_two_processes_give_the_same_summary(dataset_root, tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="")
     subprocess.run([str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                     "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "midi3d.eval", *common,
-                    "--out", str(tmp_path / "two")], check=True, capture_output=True, timeout=600, env=env)
+                    "--out", str(tmp_path / "two")], check=True, capture_output=True, timeout=600, env=env,
+                   cwd=tmp_path)  # not the repository root: the installed package must be the one imported
     assert (tmp_path / "two" / "results-1.jsonl").is_file()  # the second process did its share
 
     def metrics(folder):
@@ -232,7 +233,7 @@ def test_killed_eval_process_resumes(dataset_root, tmp_path):
     common = ["eval", "--root", str(dataset_root), "--pred-dir", str(gt), "--icp", "kabsch", "--points", "4096",
               "-q"]
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "midi3d", *common, "--out", str(killed)])
+    process = subprocess.Popen([sys.executable, "-m", "midi3d", *common, "--out", str(killed)], cwd=tmp_path)
     log = killed / "results-0.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 1):
