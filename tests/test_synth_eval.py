@@ -44,7 +44,7 @@ def test_generator_is_deterministic_and_readable(dataset_root, tmp_path):
     for index in range(len(data)):
         scene = data.load(index)
         assert scene.rgb.shape == (512, 512, 3) and scene.labels.shape == (512, 512)
-        assert 1 <= len(scene.ids) <= 7
+        assert 0 < len(scene.ids) <= 7
         assert all(p.shape == (1024, 3) for p in scene.gt_points)
 
 
@@ -241,7 +241,7 @@ def test_killed_eval_process_resumes(dataset_root, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     finished_before = log.read_text().count("\n")
-    assert 1 <= finished_before < 4, "the kill should land mid-run"
+    assert 0 < finished_before < 4, "the kill should land mid-run"
     assert runner.invoke(app, [*common, "--out", str(killed)]).exit_code == 0
     assert runner.invoke(app, [*common, "--out", str(tmp_path / "straight")]).exit_code == 0
     keys = [json.loads(line)["key"] for line in log.read_text().splitlines()]
