@@ -25,7 +25,7 @@ import json
 import os
 import pickle
 import shutil
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -279,7 +279,7 @@ def generate_dataset(root: str | Path, scenes: int, config: SynthConfig, jobs: i
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             futures = {pool.submit(generate_scene, root, house, index, config): index for index in todo}
-            for future in _as_completed(futures):
+            for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 done += 1
                 if progress:
@@ -292,12 +292,6 @@ def generate_dataset(root: str | Path, scenes: int, config: SynthConfig, jobs: i
         _write_json(root / f"{prefix}_furniture_ids.json", furniture)
     shutil.rmtree(root / ".staging", ignore_errors=True)
     return ordered
-
-
-def _as_completed(futures):
-    from concurrent.futures import as_completed
-
-    return as_completed(futures)
 
 
 def read_surface(path: str | Path) -> dict[str, np.ndarray]:
