@@ -78,7 +78,8 @@ def _scene_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
 @app.command()
 def generate(
     input: Path = typer.Argument(..., help="A scene image, or a folder of NAME_rgb.png + NAME_seg.png pairs."),
-    seg: Path | None = typer.Option(None, "--seg", help="Instance label map of the image (single-image mode)."),
+    seg: Path | None = typer.Option(None, "--seg", help="Instance label map of the image (single-image mode). "
+                                    "Without it, the rough classic segmentation is used."),
     output: Path | None = typer.Option(None, "-o", "--output",
                                        help="Output scene file (.glb/.obj/.ply), or folder in folder mode."),
     model: Path | None = typer.Option(None, "--model", help="Pipeline folder (official layout). Default: embedded."),
@@ -139,13 +140,11 @@ def generate(
         if out_dir.exists() and not out_dir.is_dir():
             _fail(f"{out_dir}: exists and is not a folder")
     else:
-        if seg is None:
-            _fail(f"{input}: no label map given; pass --seg LABELS.png")
         out_path = output or Path(f"{input.stem}.glb")
         if out_path.suffix.lower().lstrip(".") not in EXPORT_FORMATS:
             _fail(f"{out_path}: unsupported output format {out_path.suffix!r} (use .glb, .obj or .ply)")
         try:
-            scene = load_scene(input, seg, max_instances=max_instances)
+            scene = load_scene(input, seg, max_instances=max_instances) if seg is not None else _segment_first(input)
         except InputError as err:
             _fail(str(err))
 
@@ -186,6 +185,65 @@ def generate(
         err_console.print(f"{len(pairs) - failed}/{len(pairs)} scenes written to {out_dir}", highlight=False)
     if failed:
         raise typer.Exit(EXIT_SCENES_FAILED)
+
+
+def _segment_first(image: Path):
+    """Scene inputs for an image without a label map: the rough ``classic`` segmentation."""
+    from .io.errors import InputError
+    from .io.images import load_rgb
+    from .pipelines.scene import SceneInputs
+    from .segmentation import ClassicSegmenter
+
+    rgb = load_rgb(image)
+    labels = ClassicSegmenter().segment(rgb)
+    count = int(labels.max())
+    if count == 0:
+        raise InputError(f"{image}: the classic segmentation found no object; pass --seg LABELS.png")
+    logging.getLogger("midi3d").warning("%s: no --seg given, using the rough classic segmentation (%d instances); "
+                                        "check it with `midi3d segment` or pass --seg", image, count)
+    return SceneInputs(rgb, labels, name=image.stem)
+
+
+class Backend(str, Enum):
+    classic = "classic"
+    labelmap = "labelmap"
+
+
+@app.command()
+def segment(
+    image: Path = typer.Argument(..., help="The scene image."),
+    output: Path = typer.Option(..., "-o", "--output", help="Label map to write (palette PNG, ids 1..K)."),
+    backend: Backend = typer.Option(Backend.classic, "--backend",
+                                    help="classic (rough, no weights) or labelmap (re-encode --labels)."),
+    labels: Path | None = typer.Option(None, "--labels", help="Input label map for --backend labelmap."),
+    max_instances: int = typer.Option(64, "--max-instances"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Write an instance label map for IMAGE and an overlay preview (<output>_overlay.png)."""
+    from .io.errors import InputError
+    from .io.images import load_rgb
+    from .segmentation import BACKENDS, save_label_map, save_overlay
+
+    _setup_logging(quiet)
+    if output.suffix.lower() != ".png":
+        _fail(f"{output}: the label map is written as PNG; use a .png name")
+    try:
+        rgb = load_rgb(image)
+        if backend is Backend.labelmap:
+            if labels is None:
+                _fail("--backend labelmap needs --labels FILE")
+            segmenter = BACKENDS["labelmap"](labels, max_instances=max_instances)
+        else:
+            segmenter = BACKENDS["classic"](max_instances=max_instances)
+        result = segmenter.segment(rgb)
+    except InputError as err:
+        _fail(str(err))
+    if result.max() == 0:
+        _fail(f"{image}: no instance found by the {backend.value} back end")
+    save_label_map(result, output)
+    preview = save_overlay(rgb, result, output.with_name(f"{output.stem}_overlay.png"))
+    if not quiet:
+        console.print(f"{output}: {int(result.max())} instances ({backend.value}); preview {preview}", highlight=False)
 
 
 def _summary_line(path: Path, result, seconds: float) -> str:

@@ -1,0 +1,16 @@
+"""Instance segmentation back ends behind one interface: ``segment(rgb) -> labels``.
+
+* ``labelmap``: a user's label map (every encoding :mod:`midi3d.io.labelmap` reads);
+* ``classic``: a rough, weights-free fallback for objects on plain backgrounds (background
+  colours estimated on the image border, then connected components).
+
+Label maps are ``[H, W]`` int64 with 0 = background and ids 1..K.
+"""
+
+from .base import Segmenter, save_label_map, save_overlay
+from .classic import ClassicSegmenter
+from .labelmap import LabelMapSegmenter
+
+BACKENDS = {"classic": ClassicSegmenter, "labelmap": LabelMapSegmenter}
+
+__all__ = ["BACKENDS", "ClassicSegmenter", "LabelMapSegmenter", "Segmenter", "save_label_map", "save_overlay"]
