@@ -144,8 +144,9 @@ def generate(
         if out_path.suffix.lower().lstrip(".") not in EXPORT_FORMATS:
             _fail(f"{out_path}: unsupported output format {out_path.suffix!r} (use .glb, .obj or .ply)")
         try:
-            scene = load_scene(input, seg, max_instances=max_instances) if seg is not None else _segment_first(input)
-        except InputError as err:
+            scene = (load_scene(input, seg, max_instances=max_instances) if seg is not None
+                     else _segment_first(input, trust_pickle))
+        except (InputError, ValueError) as err:
             _fail(str(err))
 
     torch_dtype = _torch_dtype(dtype, device)
@@ -187,26 +188,50 @@ def generate(
         raise typer.Exit(EXIT_SCENES_FAILED)
 
 
-def _segment_first(image: Path):
-    """Scene inputs for an image without a label map: the rough ``classic`` segmentation."""
+def _segment_first(image: Path, trust_pickle: bool = False):
+    """Scene inputs for an image without a label map: automatic SAM when ``$MIDI3D_SAM_CHECKPOINT``
+    is set, else the rough ``classic`` segmentation."""
+    import os
+
     from .io.errors import InputError
     from .io.images import load_rgb
     from .pipelines.scene import SceneInputs
     from .segmentation import ClassicSegmenter
+    from .segmentation.sam import CHECKPOINT_ENV, SamSegmenter
 
     rgb = load_rgb(image)
-    labels = ClassicSegmenter().segment(rgb)
+    if os.environ.get(CHECKPOINT_ENV):
+        segmenter, how = SamSegmenter(None, allow_pickle=trust_pickle), "automatic SAM"
+    else:
+        segmenter, how = ClassicSegmenter(), "rough classic"
+    labels = segmenter.segment(rgb)
     count = int(labels.max())
     if count == 0:
-        raise InputError(f"{image}: the classic segmentation found no object; pass --seg LABELS.png")
-    logging.getLogger("midi3d").warning("%s: no --seg given, using the rough classic segmentation (%d instances); "
-                                        "check it with `midi3d segment` or pass --seg", image, count)
+        raise InputError(f"{image}: the {how} segmentation found no object; pass --seg LABELS.png")
+    logging.getLogger("midi3d").warning("%s: no --seg given, using the %s segmentation (%d instances); "
+                                        "check it with `midi3d segment` or pass --seg", image, how, count)
     return SceneInputs(rgb, labels, name=image.stem)
 
 
 class Backend(str, Enum):
     classic = "classic"
     labelmap = "labelmap"
+    sam = "sam"
+
+
+def _parse_prompts(values: list[str], size: int, flag: str) -> list[tuple[float, ...]]:
+    """``["x,y", "x,y x,y"]`` → tuples of ``size`` numbers (values may hold several, space separated)."""
+    prompts = []
+    for value in values:
+        for item in value.replace(";", " ").split():
+            try:
+                numbers = tuple(float(v) for v in item.split(","))
+            except ValueError:
+                numbers = ()
+            if len(numbers) != size:
+                _fail(f"{flag} {item!r}: expected {size} comma-separated numbers")
+            prompts.append(numbers)
+    return prompts
 
 
 @app.command()
@@ -216,12 +241,19 @@ def segment(
     backend: Backend = typer.Option(Backend.classic, "--backend",
                                     help="classic (rough, no weights) or labelmap (re-encode --labels)."),
     labels: Path | None = typer.Option(None, "--labels", help="Input label map for --backend labelmap."),
+    sam_checkpoint: Path | None = typer.Option(None, "--sam-checkpoint",
+                                               help="SAM weights (.safetensors, or .pth with --trust-pickle); "
+                                                    "default: $MIDI3D_SAM_CHECKPOINT."),
+    points: list[str] = typer.Option([], "--points", help="SAM point prompts 'x,y' (repeat or space-separate)."),
+    boxes: list[str] = typer.Option([], "--boxes", help="SAM box prompts 'x0,y0,x1,y1' (repeat or space-separate)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled SAM .pth (weights_only)."),
     max_instances: int = typer.Option(64, "--max-instances"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Write an instance label map for IMAGE and an overlay preview (<output>_overlay.png)."""
     from .io.errors import InputError
     from .io.images import load_rgb
+    from .models.checkpoint import CheckpointError
     from .segmentation import BACKENDS, save_label_map, save_overlay
 
     _setup_logging(quiet)
@@ -229,15 +261,23 @@ def segment(
         _fail(f"{output}: the label map is written as PNG; use a .png name")
     try:
         rgb = load_rgb(image)
+        if (points or boxes) and backend is not Backend.sam:
+            _fail("--points/--boxes are SAM prompts; add --backend sam")
         if backend is Backend.labelmap:
             if labels is None:
                 _fail("--backend labelmap needs --labels FILE")
             segmenter = BACKENDS["labelmap"](labels, max_instances=max_instances)
+        elif backend is Backend.sam:
+            segmenter = BACKENDS["sam"](sam_checkpoint, allow_pickle=trust_pickle,
+                                        points=_parse_prompts(points, 2, "--points"),
+                                        boxes=_parse_prompts(boxes, 4, "--boxes"), max_instances=max_instances)
         else:
             segmenter = BACKENDS["classic"](max_instances=max_instances)
         result = segmenter.segment(rgb)
-    except InputError as err:
+    except (InputError, CheckpointError) as err:
         _fail(str(err))
+    except ImportError as err:
+        _fail(f"the sam back end needs segment-anything and torchvision: pip install 'midi3d[sam]' ({err})")
     if result.max() == 0:
         _fail(f"{image}: no instance found by the {backend.value} back end")
     save_label_map(result, output)
