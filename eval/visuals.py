@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw
 from ..data.datasets import EvalScene
 from ..data.synth import Camera, SceneObject, render
 from ..models.checkpoint import write_atomic
-from ..pipelines.scene import instance_colour
+from ..colours import instance_colour
 
 PANEL = 256
 

@@ -6,7 +6,6 @@ scene inside the mask and white outside, masks 0/255, optional padding of the sc
 
 from __future__ import annotations
 
-import colorsys
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 import trimesh
 
+from ..colours import instance_colour
 from ..geometry.postprocess import PostprocessConfig
 from ..io.errors import InputError
 from ..io.images import load_rgb
@@ -132,12 +132,6 @@ def generate_scene(pipe: MIDIPipeline, scene: SceneInputs, options: GenerateOpti
         logger.warning("%s: no surface (no zero crossing) for instance(s) %s; they have no mesh in the output",
                        scene.name, ", ".join(map(str, result.empty_ids)))
     return result
-
-
-def instance_colour(index: int) -> tuple[int, int, int, int]:
-    """A distinct RGBA colour per instance index (golden-ratio hue steps)."""
-    r, g, b = colorsys.hsv_to_rgb((0.61803398875 * index + 0.1) % 1.0, 0.65, 0.95)
-    return int(255 * r), int(255 * g), int(255 * b), 255
 
 
 def build_scene(result: SceneResult) -> trimesh.Scene:

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from ..models.checkpoint import write_atomic
-from ..pipelines.scene import instance_colour
+from ..colours import instance_colour
 
 
 class Segmenter(Protocol):
