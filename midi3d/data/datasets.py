@@ -103,10 +103,11 @@ class ThreeDFrontDataset:
         self.filter = object_filter or ObjectFilter()
         self.points = points
         self.size = size
+        self._keys = [f"{room.replace('/', '__')}__{view}" for room in self.rooms for view in self.views]
 
     def keys(self) -> list[str]:
         """Sample keys ``<house>__<room>__<view>``, in order."""
-        return [f"{room.replace('/', '__')}__{view}" for room in self.rooms for view in self.views]
+        return list(self._keys)
 
     def __len__(self) -> int:
         return len(self.rooms) * len(self.views)
@@ -115,7 +116,7 @@ class ThreeDFrontDataset:
         """Read sample ``index``; raises with the failing file named on missing or corrupt data."""
         room_index, view = divmod(index, len(self.views))
         room, names, view_name = self.rooms[room_index], self.furniture[room_index], self.views[view]
-        key = self.keys()[index]
+        key = self._keys[index]
         render_dir = self.root / RENDER / room
         rgb = load_rgb(render_dir / f"render_{view_name}.webp")
         labels = read_label_map(render_dir / f"semantic_{view_name}.png", max_instances=10_000)
