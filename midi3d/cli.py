@@ -305,6 +305,8 @@ def synth(
     jobs: int = typer.Option(0, "--jobs", min=0, help="Worker processes (0 = one per core)."),
     views: int = typer.Option(1, "--views", min=1, help="Rendered views per room."),
     image_size: int = typer.Option(512, "--image-size", min=32),
+    surface_points: int = typer.Option(20480, "--surface-points", min=1, help="Surface samples stored per object."),
+    frame: str = typer.Option("view", "--frame", help="Scene frame: 'view' (view 0 looks along -z) or 'world'."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Generate synthetic indoor scenes (render, id maps, object meshes, surface samples)."""
@@ -315,7 +317,9 @@ def synth(
     _setup_logging(quiet)
     if out.exists() and not out.is_dir():
         _fail(f"{out}: exists and is not a folder")
-    config = SynthConfig(seed=seed, views=views, image_size=image_size)
+    if frame not in ("view", "world"):
+        _fail(f"--frame must be 'view' or 'world', got {frame!r}")
+    config = SynthConfig(seed=seed, views=views, image_size=image_size, surface_points=surface_points, frame=frame)
     start = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, disable=quiet, transient=True) as progress:

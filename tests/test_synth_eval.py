@@ -48,7 +48,18 @@ def test_generator_is_deterministic_and_readable(dataset_root, tmp_path):
         assert all(p.shape == (1024, 3) for p in scene.gt_points)
 
 
-def test_objects_do_not_interpenetrate(dataset_root):
+def test_view_frame_puts_the_first_camera_on_plus_z(dataset_root):
+    rooms = json.loads((dataset_root / "midi_room_ids.json").read_text())
+    for room in rooms:
+        camera = json.loads((dataset_root / "3D-FRONT-RENDER" / room / "camera_0000.json").read_text())
+        offset = np.subtract(camera["eye"], camera["centre"])
+        assert abs(offset[0]) < 1e-6 and offset[2] > 0 and offset[1] > 0, (room, offset)
+
+
+def test_objects_do_not_interpenetrate(tmp_path):
+    # In the layout ("world") frame every object is axis-aligned, so box overlap is the exact test.
+    dataset_root = tmp_path / "world"
+    generate_dataset(dataset_root, 4, SynthConfig(seed=3, image_size=64, surface_points=64, frame="world"))
     rooms = json.loads((dataset_root / "midi_room_ids.json").read_text())
     furniture = json.loads((dataset_root / "midi_furniture_ids.json").read_text())
     for room, names in zip(rooms, furniture):
@@ -102,7 +113,9 @@ def test_ground_truth_scored_against_itself(dataset_root, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["scored"] == 4 and summary["failed"] == 0 and summary["icp"] == "kabsch"
-    assert summary["scene_fscore"] >= 0.999 and summary["iou_bbox"] >= 0.99
+    # Boxes come from two independent samplings of the same surface (4096 vs 2048 points); on
+    # objects turned into the view frame the sparse corners cost ~1% of IoU.
+    assert summary["scene_fscore"] >= 0.999 and summary["iou_bbox"] >= 0.97
     assert summary["scene_cd"] < 1e-3  # surface-sampling noise only
     assert "ICP: kabsch" in (out / "summary.md").read_text()
 

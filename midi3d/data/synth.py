@@ -2,7 +2,9 @@
 
 Each scene holds 2–10 pieces of procedural furniture on a floor (some touching, small ones
 sometimes standing on a table or cabinet, none interpenetrating: their axis-aligned boxes may
-touch but never overlap), normalised into the scene frame ``[-0.95, 0.95]^3`` (y up). Views are
+touch but never overlap), normalised into the scene frame ``[-0.95, 0.95]^3`` (y up). By default (``frame="view"``) the
+scene is also turned about the vertical axis so that view 0's camera looks along -z: the frame
+is then fixed by the image, as a single-view method needs for box IoU without alignment. Views are
 ray cast with Open3D (Lambertian shading with a key light, white background).
 
 Output, under ``root``::
@@ -51,6 +53,9 @@ class SynthConfig:
     elevation_deg: tuple[float, float] = (15.0, 40.0)
     fov_deg: tuple[float, float] = (40.0, 60.0)
     surface_points: int = 20480
+    # "view": the scene is turned about the vertical axis so that view 0's camera looks along -z
+    # (a gravity- and view-aligned frame that an image determines); "world": the layout frame.
+    frame: str = "view"
     stack_probability: float = 0.35
     touch_probability: float = 0.3
 
@@ -122,14 +127,28 @@ def layout_scene(rng: np.random.Generator, config: SynthConfig) -> list[SceneObj
     return placed
 
 
-def _normalise(objects: list[SceneObject]) -> None:
-    """Centre the scene and scale its largest extent to ``2 * SCENE_EXTENT``."""
+def _normalise(objects: list[SceneObject]) -> tuple[np.ndarray, float]:
+    """Centre the scene and scale its largest extent to ``2 * SCENE_EXTENT``; returns (centre, scale)."""
     bounds = np.stack([np.min([o.mesh.bounds[0] for o in objects], axis=0),
                        np.max([o.mesh.bounds[1] for o in objects], axis=0)])
     centre, scale = bounds.mean(axis=0), 2 * SCENE_EXTENT / (bounds[1] - bounds[0]).max()
     for obj in objects:
         obj.mesh.apply_translation(-centre)
         obj.mesh.apply_scale(scale)
+    return centre, scale
+
+
+def align_to_view(objects: list[SceneObject], camera: Camera) -> Camera:
+    """Turn the scene about the vertical axis so that ``camera`` looks along -z, re-normalise it,
+    and return the camera in the new frame (the rendered image does not change)."""
+    offset = camera.eye - camera.centre
+    angle = np.arctan2(offset[2], offset[0]) - np.pi / 2
+    rotation = trimesh.transformations.rotation_matrix(angle, [0, 1, 0])
+    for obj in objects:
+        obj.mesh.apply_transform(rotation)
+    eye, centre = (trimesh.transform_points(np.stack([camera.eye, camera.centre]), rotation))
+    shift, scale = _normalise(objects)
+    return Camera((eye - shift) * scale, (centre - shift) * scale, camera.fov_deg)
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -208,6 +227,12 @@ def generate_scene(root: Path, house: str, index: int, config: SynthConfig) -> d
     shutil.rmtree(staging, ignore_errors=True)
     for folder in (RENDER, SCENE, SURFACE):
         (staging / folder).mkdir(parents=True)
+    if config.frame not in ("view", "world"):
+        raise ValueError(f"frame must be 'view' or 'world', got {config.frame!r}")
+    cameras = [sample_camera(rng, objects, config) for _ in range(config.views)]
+    if config.frame == "view":  # view 0 defines the frame; the others keep their azimuth in it
+        cameras[0] = align_to_view(objects, cameras[0])
+        cameras[1:] = [sample_camera(rng, objects, config) for _ in cameras[1:]]
     for k, obj in enumerate(objects):
         coloured = obj.mesh.copy()
         coloured.visual = trimesh.visual.ColorVisuals(
@@ -218,8 +243,7 @@ def generate_scene(root: Path, house: str, index: int, config: SynthConfig) -> d
         with open(staging / SURFACE / f"{obj.name}.npy", "wb") as handle:
             np.save(handle, np.array(surface, dtype=object), allow_pickle=True)
     pairs = []
-    for view in range(config.views):
-        camera = sample_camera(rng, objects, config)
+    for view, camera in enumerate(cameras):
         rgb, labels = render(objects, camera, config.image_size)
         camera_json = {"eye": camera.eye.tolist(), "centre": camera.centre.tolist(), "up": [0.0, 1.0, 0.0],
                        "fov_deg": float(camera.fov_deg), "image_size": config.image_size}
