@@ -54,7 +54,8 @@ def _torch_dtype(dtype: DType, device: str):
     return chosen
 
 
-def _load_pipeline(model: Path | None, dtype, device: str, mi_layers: list[int] | None, trust_pickle: bool, quiet: bool):
+def _load_pipeline(model: Path | None, dtype, device: str, mi_layers: list[int] | None, trust_pickle: bool, quiet: bool,
+                   lora: Path | None = None, lora_scale: float = 1.0):
     from .embedded import load_embedded_pipeline
     from .pipelines.pipeline_midi import MIDIPipeline
 
@@ -63,6 +64,11 @@ def _load_pipeline(model: Path | None, dtype, device: str, mi_layers: list[int] 
     else:
         pipe = MIDIPipeline.from_pretrained(model, dtype=dtype, device=device, mi_layers=mi_layers,
                                             allow_pickle=trust_pickle)
+    if lora is not None:
+        from .models.lora import load_lora
+
+        load_lora(pipe.transformer, lora, scale=lora_scale)
+        pipe.transformer.to(device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=quiet, leave=False)
     return pipe
 
@@ -100,6 +106,8 @@ def generate(
     no_postprocess: bool = typer.Option(False, "--no-postprocess", help="Skip the mesh clean-up."),
     fmt: str = typer.Option("glb", "--format", help="Output format in folder mode: glb, obj or ply."),
     max_instances: int = typer.Option(64, "--max-instances", help="Refuse label maps with more instances."),
+    lora: Path | None = typer.Option(None, "--lora", help="LoRA adapter folder (from midi3d train) to apply."),
+    lora_scale: float = typer.Option(1.0, "--lora-scale", help="Strength of the LoRA adapter."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle",
                                       help="Allow pickled .bin/.ckpt weights (loaded with weights_only=True)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summaries."),
@@ -151,7 +159,7 @@ def generate(
 
     torch_dtype = _torch_dtype(dtype, device)
     try:
-        pipe = _load_pipeline(model, torch_dtype, device, layers, trust_pickle, quiet)
+        pipe = _load_pipeline(model, torch_dtype, device, layers, trust_pickle, quiet, lora, lora_scale)
     except (CheckpointError, ValueError) as err:
         _fail(str(err))
 
@@ -329,6 +337,45 @@ def synth(
     if not quiet:
         console.print(f"{scenes} scenes in {out} ({time.perf_counter() - start:.1f}s); folder-mode pairs in "
                       f"{out / 'pairs'}", highlight=False)
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Training config (YAML), or a built-in name: vae-tiny, dit-tiny, lora."),
+    data: Path = typer.Option(..., "--data", help="Dataset root in the 3D-Front/MIDI layout (e.g. from midi3d synth)."),
+    out: Path = typer.Option(..., "--out", help="Run folder: checkpoints, metrics.csv, final/. Reruns resume."),
+    init: Path | None = typer.Option(None, "--init", help="Pipeline folder to start from (required for LoRA)."),
+    cache_dir: Path | None = typer.Option(None, "--cache-dir", help="Where the training cache lives (default OUT/cache)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set max_steps=100 (YAML value)."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled .bin weights in --init."),
+    threads: int = typer.Option(0, "--threads", min=0, help="CPU threads per process (0 = torch's default)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Train the shape VAE or the diffusion transformer (full, or LoRA), resumably, on accelerate."""
+    from .models.checkpoint import CheckpointError
+    from .training.config import load_train_config
+    from .training.run import run_training
+
+    _setup_logging(quiet)
+    logging.getLogger("midi3d").setLevel(logging.ERROR if quiet else logging.INFO)
+    try:
+        settings = load_train_config(config, overrides)
+    except (ValueError, OSError) as err:
+        _fail(str(err))
+    if not data.is_dir():
+        _fail(f"{data}: dataset folder not found")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        result = run_training(settings, data, out, init=init, cache_dir=cache_dir, quiet=quiet,
+                              allow_pickle=trust_pickle)
+    except (CheckpointError, FileNotFoundError) as err:
+        _fail(str(err))
+    if not quiet:
+        console.print(f"trained {settings.kind} to step {result['step']} (last loss {result['loss']:.4f}, "
+                      f"{result['seconds']:.0f}s this run); model in {out / 'final'}", highlight=False)
 
 
 class IcpMode(str, Enum):

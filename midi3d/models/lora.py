@@ -1,0 +1,100 @@
+"""LoRA adapters on the diffusion transformer, through peft.
+
+An adapter folder holds ``adapter_config.json`` (peft's ``LoraConfig``) and
+``adapter_model.safetensors`` (peft's state-dict key names), the layout peft and diffusers use.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import CheckpointError, read_json, temporary_sibling, write_atomic
+
+ADAPTER_NAME = "default"
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+CONFIG_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "init_lora_weights")
+
+
+def _lora_config(settings):
+    from peft import LoraConfig
+
+    if is_dataclass(settings):
+        settings = asdict(settings)
+    return LoraConfig(r=int(settings.get("rank", settings.get("r", 8))),
+                      lora_alpha=float(settings.get("alpha", settings.get("lora_alpha", 8))),
+                      lora_dropout=float(settings.get("dropout", settings.get("lora_dropout", 0.0))),
+                      target_modules=list(settings.get("target_modules", ["to_q", "to_k", "to_v", "to_out.0"])))
+
+
+def add_lora(transformer: torch.nn.Module, settings) -> None:
+    """Inject fresh adapters (``B = 0``: the output is unchanged) and make only them trainable."""
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(_lora_config(settings), transformer, adapter_name=ADAPTER_NAME)
+    for name, param in transformer.named_parameters():
+        param.requires_grad_("lora_" in name)
+
+
+def save_lora(transformer: torch.nn.Module, folder: str | Path) -> None:
+    """Write the adapter folder atomically."""
+    import shutil
+
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    config = transformer.peft_config[ADAPTER_NAME].to_dict()
+    config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items() if k in CONFIG_KEYS}
+    state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME).items()}
+    tmp = temporary_sibling(folder)
+    tmp.mkdir(parents=True)
+    try:
+        save_file(state, str(tmp / WEIGHTS_FILE))
+        write_atomic(tmp / CONFIG_FILE, (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_lora(transformer: torch.nn.Module, folder: str | Path, scale: float = 1.0) -> None:
+    """Add the adapter in ``folder`` to ``transformer`` (strict: every adapter tensor must fit)."""
+    from peft import inject_adapter_in_model, set_peft_model_state_dict
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = read_json(folder / CONFIG_FILE)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: adapter weights not found (only safetensors adapters are read)")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights}: unreadable safetensors file ({err})") from err
+    bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{weights}: non-finite values in {bad[0]}")
+    lora_config = _lora_config(config)
+    inject_adapter_in_model(lora_config, transformer, adapter_name=ADAPTER_NAME)
+    try:
+        result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER_NAME)
+    except RuntimeError as err:
+        raise CheckpointError(f"{weights}: adapter does not fit this transformer ({str(err).splitlines()[0]})") from err
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    if unexpected:
+        raise CheckpointError(f"{weights}: adapter keys not in this transformer, e.g. {unexpected[0]}")
+    expected = {n for n, _ in transformer.named_parameters() if "lora_" in n}
+    if len(state) != len(expected):
+        raise CheckpointError(f"{weights}: {len(state)} adapter tensors for {len(expected)} adapter parameters")
+    if scale != 1.0:
+        for module in transformer.modules():
+            if hasattr(module, "scaling") and isinstance(module.scaling, dict) and ADAPTER_NAME in module.scaling:
+                module.scaling[ADAPTER_NAME] *= scale
+    transformer.requires_grad_(False)

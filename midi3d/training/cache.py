@@ -1,0 +1,197 @@
+"""Training caches built once from a dataset root in the 3D-Front/MIDI layout.
+
+* objects: per object, encoder input (surface points + normals) and SDF query points with
+  their truncation-free signed distance (see :mod:`.sdf`);
+* scenes: per room (view 0), the processed instance pixels, masks and scene pixels as uint8
+  at the encoders' input size, and which object each instance is.
+
+A room that cannot be read (unreadable image or label map, a mesh without faces, a bad surface
+file) is skipped with its reason logged and written to ``skipped.jsonl``; the rest is cached.
+Caches are written atomically and reused when their settings match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..data.synth import RENDER, SCENE, SURFACE, read_surface
+from ..io.images import load_rgb
+from ..io.labelmap import instance_ids, read_label_map
+from ..models.checkpoint import write_atomic
+from .sdf import query_points, signed_distance
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    image_size: int
+    surface_points: int
+    near_points: int
+    uniform_points: int
+    min_area_fraction: float
+    max_instances: int
+    seed: int = 0
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass
+class TrainingCache:
+    """Everything the trainers read, as tensors (one row per object / instance / scene)."""
+
+    surface: torch.Tensor        # [O, M, 6] float32
+    queries: torch.Tensor        # [O, Q, 3] float32
+    sdf: torch.Tensor            # [O, Q] float32
+    instance_pixels: torch.Tensor  # [I, 3, S, S] uint8
+    instance_masks: torch.Tensor   # [I, S, S] uint8 (0/1)
+    instance_object: torch.Tensor  # [I] int64, row in the object tensors
+    scene_pixels: torch.Tensor     # [N, 3, S, S] uint8
+    scene_offsets: torch.Tensor    # [N + 1] int64, instances of scene n: offsets[n]:offsets[n+1]
+    rooms: list[str]
+
+    @property
+    def num_scenes(self) -> int:
+        return len(self.rooms)
+
+    def scene_instances(self, scene: int) -> range:
+        return range(int(self.scene_offsets[scene]), int(self.scene_offsets[scene + 1]))
+
+
+def _processor(image_size: int):
+    from ..models.factory import _processor_config
+    from ..models.image_encoders import build_image_processor
+
+    return build_image_processor("clip", _processor_config("clip", image_size))
+
+
+def _resized(processor, images: list[np.ndarray]) -> torch.Tensor:
+    """The processor's resize + centre crop, as uint8 (rescale and normalisation happen per batch)."""
+    return processor(images, do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"].to(torch.uint8)
+
+
+def _room(root: Path, room: str, names: list[str], settings: CacheSettings) -> dict:
+    """Read one room; returns arrays, or ``{"skip": reason}``."""
+    import trimesh
+
+    render_dir = root / RENDER / room
+    try:
+        rgb = load_rgb(render_dir / "render_0000.webp")
+        labels = read_label_map(render_dir / "semantic_0000.png", max_instances=10_000)
+    except Exception as err:  # an unreadable sample is skipped, not fatal
+        return {"skip": f"{err}"}
+    if labels.shape != rgb.shape[:2]:
+        return {"skip": f"{render_dir / 'semantic_0000.png'}: label map {labels.shape} does not match the image"}
+    area = labels.size
+    ids = [i for i in instance_ids(labels) if 1 <= i <= len(names)
+           and (labels == i).sum() > settings.min_area_fraction * area][: settings.max_instances]
+    if not ids:
+        return {"skip": f"{render_dir}: no visible object"}
+    rng = np.random.default_rng([settings.seed, int(hashlib.sha256(room.encode()).hexdigest()[:8], 16)])
+    surfaces, queries, sdfs = [], [], []
+    for instance in ids:
+        name = names[instance - 1]
+        mesh_path, surface_path = root / SCENE / room / f"{name}.glb", root / SURFACE / room / f"{name}.npy"
+        try:
+            mesh = trimesh.load(mesh_path, force="mesh")
+            if len(mesh.faces) == 0:
+                return {"skip": f"{mesh_path}: mesh has no faces"}
+            data = read_surface(surface_path)
+            points = np.concatenate([data["surface_points"], data["surface_normals"]], axis=1).astype(np.float32)
+            if len(points) == 0 or not np.isfinite(points).all():
+                return {"skip": f"{surface_path}: empty or non-finite surface samples"}
+        except Exception as err:
+            return {"skip": f"{err}" if str(mesh_path) in str(err) or str(surface_path) in str(err)
+                    else f"{mesh_path}: {err}"}
+        picks = rng.choice(len(points), settings.surface_points, replace=len(points) < settings.surface_points)
+        surface = points[picks]
+        query = query_points(points[:, :3], rng, settings.near_points, settings.uniform_points)
+        surfaces.append(surface)
+        queries.append(query)
+        sdfs.append(signed_distance(mesh, query))
+    processor = _processor(settings.image_size)
+    images = [np.where((labels == i)[..., None], rgb, 255).astype(np.uint8) for i in ids]
+    masks = torch.from_numpy(np.stack([(labels == i) for i in ids]).astype(np.float32))[:, None]
+    masks = F.interpolate(masks, size=(settings.image_size, settings.image_size), mode="nearest")[:, 0]
+    return {"surface": np.stack(surfaces), "queries": np.stack(queries), "sdf": np.stack(sdfs),
+            "instance_pixels": _resized(processor, images).numpy(), "instance_masks": masks.to(torch.uint8).numpy(),
+            "scene_pixels": _resized(processor, [rgb]).numpy()[0]}
+
+
+def _room_job(args):
+    root, room, names, settings = args
+    return _room(root, room, names, settings)
+
+
+def build_cache(root: str | Path, cache_dir: str | Path, settings: CacheSettings, jobs: int = 0,
+                progress=None) -> TrainingCache:
+    """Build (or reuse) the cache of every room under ``root`` in ``cache_dir``."""
+    from safetensors.torch import load_file, save_file
+
+    root, cache_dir = Path(root), Path(cache_dir)
+    path = cache_dir / f"cache-{settings.digest()}.safetensors"
+    index_path = path.with_suffix(".json")
+    if path.is_file() and index_path.is_file():
+        tensors = load_file(path)
+        return TrainingCache(**tensors, rooms=json.loads(index_path.read_text())["rooms"])
+    rooms_file, furniture_file = root / "midi_room_ids.json", root / "midi_furniture_ids.json"
+    for required in (rooms_file, furniture_file):
+        if not required.is_file():
+            raise FileNotFoundError(f"{required}: not found (is {root} a dataset root in the 3D-Front/MIDI layout?)")
+    rooms, furniture = json.loads(rooms_file.read_text()), json.loads(furniture_file.read_text())
+    work = [(root, room, names, settings) for room, names in zip(rooms, furniture)]
+    jobs = jobs or os.cpu_count() or 1
+    results = []
+    if jobs == 1:
+        for index, item in enumerate(work):
+            results.append(_room_job(item))
+            if progress:
+                progress(index + 1, len(work))
+    else:
+        # spawn, not fork: a forked child of a process that already ran torch/Open3D threads can hang
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for index, result in enumerate(pool.map(_room_job, work, chunksize=8)):
+                results.append(result)
+                if progress:
+                    progress(index + 1, len(work))
+    kept, skipped = [], []
+    for (_, room, _, _), result in zip(work, results):
+        if "skip" in result:
+            logger.warning("skipping %s: %s", room, result["skip"])
+            skipped.append({"room": room, "reason": result["skip"]})
+        else:
+            kept.append((room, result))
+    if not kept:
+        raise ValueError(f"{root}: no usable room ({len(skipped)} skipped; see the log)")
+    counts = [len(r["surface"]) for _, r in kept]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    tensors = {
+        "surface": torch.from_numpy(np.concatenate([r["surface"] for _, r in kept])),
+        "queries": torch.from_numpy(np.concatenate([r["queries"] for _, r in kept])),
+        "sdf": torch.from_numpy(np.concatenate([r["sdf"] for _, r in kept])),
+        "instance_pixels": torch.from_numpy(np.concatenate([r["instance_pixels"] for _, r in kept])),
+        "instance_masks": torch.from_numpy(np.concatenate([r["instance_masks"] for _, r in kept])),
+        "instance_object": torch.arange(int(offsets[-1]), dtype=torch.int64),
+        "scene_pixels": torch.from_numpy(np.stack([r["scene_pixels"] for _, r in kept])),
+        "scene_offsets": torch.from_numpy(offsets),
+    }
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    write_atomic(index_path, (json.dumps({"rooms": [room for room, _ in kept], "settings": settings.__dict__,
+                                          "root": str(root)}, indent=1) + "\n").encode())
+    os.replace(tmp, path)
+    write_atomic(cache_dir / "skipped.jsonl", "".join(json.dumps(s) + "\n" for s in skipped).encode())
+    return TrainingCache(**tensors, rooms=[room for room, _ in kept])

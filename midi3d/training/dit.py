@@ -1,0 +1,170 @@
+"""Diffusion transformer training: rectified flow over the latent sets of all instances of a scene.
+
+Per step: a batch of scenes (all their instances, consecutive), one timestep per scene shared
+by its instances (σ = sigmoid(N(0, 1)), the logit-normal density), x_σ = (1 − σ)·x₀ + σ·ε,
+target v = x₀ − ε (the direction the sampler integrates), uniform loss weights, image
+conditions dropped per scene (zeroed, as the sampler's unconditional branch) for CFG. With
+probability ``mixed_probability`` the step is instead a batch of single objects, each its own
+scene, so multi-instance attention is off (MIDI's mixed training). Latents of the training
+objects are encoded once with the frozen VAE and cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models.factory import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+from ..models.image_encoders import encode_clip, encode_dino
+from .cache import TrainingCache
+from .config import DiTTrainConfig
+
+AVERAGE_INSTANCES = 6
+
+
+def resolve_mi_layers(value, num_layers: int) -> list[int] | None:
+    """Config value → block indices: ``None`` (model default), ``"all"``, ``"none"`` or a list."""
+    if value is None or value == "default":
+        return None
+    if value == "all":
+        return list(range(num_layers))
+    if value in ("none", "off"):
+        return []
+    return [int(i) for i in value]
+
+
+@torch.no_grad()
+def encode_latents(vae, surface: torch.Tensor, num_tokens: int, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Posterior mean and std ``[O, T, C]`` of every cached object (eval mode, subset seed 0)."""
+    vae.eval()
+    means, stds = [], []
+    for start in range(0, len(surface), chunk):
+        posterior = vae.encode(surface[start : start + chunk].to(vae.device, vae.dtype), num_tokens=num_tokens,
+                               seed=0).latent_dist
+        means.append(posterior.mean.float().cpu())
+        stds.append(posterior.std.float().cpu())
+    return torch.cat(means), torch.cat(stds)
+
+
+def cached_latents(vae, cache: TrainingCache, num_tokens: int, out_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode once; reuse ``latents-<digest>.safetensors`` when the VAE weights are the same."""
+    from safetensors.torch import load_file, save_file
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(vae.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    digest.update(json.dumps([num_tokens, len(cache.surface), cache.rooms[:3]]).encode())
+    path = out_dir / f"latents-{digest.hexdigest()[:12]}.safetensors"
+    if path.is_file():
+        data = load_file(str(path))
+        return data["mean"], data["std"]
+    mean, std = encode_latents(vae, cache.surface, num_tokens)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(tmp))
+    tmp.replace(path)
+    return mean, std
+
+
+def normalise(pixels: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 ``[N, 3, S, S]`` → the processor's rescaled and normalised float pixels."""
+    x = pixels.float() * (1 / 255)
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+class DiTLoss(nn.Module):
+    def __init__(self, transformer, clip, dino):
+        super().__init__()
+        self.transformer, self.clip, self.dino = transformer, clip, dino
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
+        cond_1 = encode_clip(self.clip, batch["clip_pixels"])
+        cond_2 = encode_dino(self.dino, batch["dino_pixels"])
+        keep = batch["keep"][:, None, None]
+        cond_1, cond_2 = cond_1 * keep.to(cond_1.dtype), cond_2 * keep.to(cond_2.dtype)
+        x0, noise, sigma = batch["x0"], batch["noise"], batch["sigma"]
+        noisy = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
+        velocity = self.transformer(noisy, sigma * 1000, cond_1.to(self.transformer.dtype),
+                                    cond_2.to(self.transformer.dtype),
+                                    attention_kwargs={"num_instances": batch["counts"]}).sample
+        loss = F.mse_loss(velocity.float(), (x0 - noise).float())
+        return loss, {"single": torch.tensor(float(batch["single"]))}
+
+
+class DiTTask:
+    """Trains the transformer (and the image encoders when ``train_encoders``), or LoRA adapters."""
+
+    log_columns = ["single"]
+
+    def __init__(self, pipe, cache: TrainingCache, config: DiTTrainConfig, latents: tuple[torch.Tensor, torch.Tensor]):
+        self.pipe, self.cache, self.config = pipe, cache, config
+        self.latent_mean, self.latent_std = latents
+        pipe.vae.requires_grad_(False)
+        pipe.transformer.set_multi_instance_layers(resolve_mi_layers(config.mi_layers, pipe.transformer.config.num_layers))
+        if config.lora is not None:
+            from ..models.lora import add_lora
+
+            pipe.transformer.requires_grad_(False)
+            add_lora(pipe.transformer, config.lora)
+        else:
+            pipe.transformer.requires_grad_(True)
+        for encoder in (pipe.image_encoder_1, pipe.image_encoder_2):
+            encoder.requires_grad_(config.train_encoders and config.lora is None)
+            encoder.train(config.train_encoders and config.lora is None)
+        pipe.transformer.gradient_checkpointing = config.gradient_checkpointing
+        self.module = DiTLoss(pipe.transformer, pipe.image_encoder_1, pipe.image_encoder_2)
+        self.counts = [len(cache.scene_instances(s)) for s in range(cache.num_scenes)]
+        self.instance_scene = torch.repeat_interleave(torch.arange(cache.num_scenes), torch.tensor(self.counts))
+
+    def _instances(self, rng: np.random.Generator) -> tuple[torch.Tensor, list[int], bool]:
+        config = self.config
+        if rng.uniform() < config.mixed_probability:
+            count = config.single_batch_instances or config.batch_size * AVERAGE_INSTANCES
+            picks = rng.choice(len(self.instance_scene), min(count, len(self.instance_scene)), replace=False)
+            return torch.from_numpy(np.sort(picks)), [1] * len(picks), True
+        scenes = rng.choice(self.cache.num_scenes, min(config.batch_size, self.cache.num_scenes), replace=False)
+        rows = [torch.arange(*self.cache.scene_offsets[s : s + 2].tolist()) for s in scenes]
+        return torch.cat(rows), [len(r) for r in rows], False
+
+    def batch(self, step: int, rank: int, world: int, device: torch.device) -> dict:
+        rng = np.random.default_rng([self.config.seed, step, rank])
+        rows, counts, single = self._instances(rng)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        objects = self.cache.instance_object[rows]
+        mean, std = self.latent_mean[objects], self.latent_std[objects]
+        x0 = mean + std * torch.randn(mean.shape, generator=generator)
+        noise = torch.randn(mean.shape, generator=generator)
+        per_scene = torch.tensor(counts)
+        sigma = torch.sigmoid(torch.randn(len(counts), generator=generator)).repeat_interleave(per_scene)
+        keep = (torch.rand(len(counts), generator=generator) >= self.config.condition_drop).float()
+        pixels = self.cache.instance_pixels[rows]
+        scene = self.cache.scene_pixels[self.instance_scene[rows]]
+        masks = self.cache.instance_masks[rows].float()[:, None]
+        dino = torch.cat([normalise(pixels, IMAGENET_MEAN, IMAGENET_STD), normalise(scene, IMAGENET_MEAN, IMAGENET_STD),
+                          masks], dim=1)
+        return {"clip_pixels": normalise(pixels, CLIP_MEAN, CLIP_STD).to(device), "dino_pixels": dino.to(device),
+                "x0": x0.to(device), "noise": noise.to(device), "sigma": sigma.to(device),
+                "keep": keep.repeat_interleave(per_scene).to(device), "counts": counts, "single": single}
+
+    def write_model(self, folder: Path) -> None:
+        if self.config.lora is not None:
+            from ..models.lora import save_lora
+
+            save_lora(self.pipe.transformer, folder / "adapter")
+            return
+        modules = (self.pipe.transformer, self.pipe.image_encoder_1, self.pipe.image_encoder_2)
+        states = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+        try:
+            self.pipe.save_pretrained(folder / "pipeline")
+        finally:
+            for m, state in zip(modules, states):
+                m.train(state)

@@ -1,0 +1,68 @@
+"""Entry point of ``midi3d train``: pipeline, cache, task, loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import yaml
+
+from .config import DiTTrainConfig, TrainConfig, VAETrainConfig, config_dict
+
+logger = logging.getLogger(__name__)
+
+
+def base_pipeline(config: TrainConfig, init: Path | None, allow_pickle: bool = False):
+    """The starting pipeline: a folder (``--init``) or the built-in spec with fresh weights."""
+    from ..models.factory import PipelineSpec, build_pipeline
+    from ..pipelines.pipeline_midi import MIDIPipeline
+
+    if init is not None:
+        return MIDIPipeline.from_pretrained(init, allow_pickle=allow_pickle)
+    spec = (PipelineSpec.from_yaml(config.model) if config.model.endswith((".yaml", ".yml"))
+            else PipelineSpec.builtin(config.model))
+    spec = dataclasses.replace(spec, standin_occupancy=None, seed=config.seed)
+    return build_pipeline(spec)
+
+
+def run_training(config: TrainConfig, data: Path, out: Path, init: Path | None = None, cache_dir: Path | None = None,
+                 quiet: bool = False, allow_pickle: bool = False) -> dict:
+    """Train (or resume) into ``out``; the final model lands in ``out/final``."""
+    import torch
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    from ..models.image_encoders import processed_size
+    from .cache import CacheSettings, build_cache
+    from .loop import train
+
+    if isinstance(config, DiTTrainConfig) and config.lora is not None and init is None:
+        raise ValueError("LoRA fine-tuning needs a pretrained pipeline: pass --init FOLDER")
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        (out / "config.yaml").write_text(yaml.safe_dump(config_dict(config), sort_keys=False))
+    torch.manual_seed(config.seed)
+    pipe = base_pipeline(config, init, allow_pickle).to(accelerator.device)
+    size = processed_size(pipe.feature_extractor_1)[0]
+    settings = CacheSettings(size, config.surface_points, config.near_points, config.uniform_points,
+                             config.min_area_fraction, config.max_instances, config.seed)
+    with accelerator.main_process_first():
+        cache = build_cache(data, cache_dir or out / "cache", settings, jobs=config.cache_jobs)
+    if accelerator.is_main_process:
+        logger.info("training cache: %d scenes, %d objects", cache.num_scenes, len(cache.surface))
+    if isinstance(config, VAETrainConfig):
+        from .vae import VAETask
+
+        task = VAETask(pipe, cache, config)
+        ema_decay = 0.0
+    else:
+        from .dit import DiTTask, cached_latents
+
+        tokens = config.latent_tokens or pipe.transformer.config.width
+        with accelerator.main_process_first():
+            latents = cached_latents(pipe.vae, cache, tokens, out)
+        task = DiTTask(pipe, cache, config, latents)
+        ema_decay = config.ema_decay
+    return train(task, config, out, ema_decay=ema_decay, quiet=quiet, accelerator=accelerator)
