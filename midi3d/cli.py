@@ -378,6 +378,33 @@ def train(
                       f"{result['seconds']:.0f}s this run); model in {out / 'final'}", highlight=False)
 
 
+@app.command()
+def demo(
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 = all)."),
+    port: int = typer.Option(7860, "--port"),
+    share: bool = typer.Option(False, "--share/--no-share", help="Gradio share link (needs internet)."),
+    model: Path | None = typer.Option(None, "--model", help="Pipeline folder. Default: embedded."),
+    sam_checkpoint: Path | None = typer.Option(None, "--sam-checkpoint", help="SAM weights for clicks/boxes."),
+    max_upload_mb: float = typer.Option(15.0, "--max-upload-mb", help="Largest accepted upload."),
+    max_side: int = typer.Option(2048, "--max-side", help="Largest accepted image side, in pixels."),
+    max_instances: int = typer.Option(16, "--max-instances"),
+    queue_size: int = typer.Option(8, "--queue-size", help="Waiting generations beyond the running one."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Serve the Gradio demo (one generation at a time, bounded queue)."""
+    from .demo.app import DemoConfig, launch
+    from .demo.session import DemoLimits
+
+    _setup_logging(quiet)
+    if model is not None and not (model / "model_index.json").is_file():
+        _fail(f"{model}: not a pipeline folder (no model_index.json)")
+    limits = DemoLimits(max_upload_mb=max_upload_mb, max_side=max_side, max_instances=max_instances,
+                        queue_size=queue_size)
+    if not quiet:
+        console.print(f"midi3d demo on http://{host}:{port} (Ctrl+C to stop)", highlight=False)
+    launch(DemoConfig(limits, model=model, sam_checkpoint=sam_checkpoint), host=host, port=port, share=share)
+
+
 class IcpMode(str, Enum):
     official = "official"
     kabsch = "kabsch"

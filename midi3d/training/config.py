@@ -48,7 +48,8 @@ class VAETrainConfig(TrainConfig):
     kind: str = "vae"
     latent_tokens: int = 64
     query_points: int = 2048            # queries drawn per object per step
-    sdf_truncation: float = 0.05        # target = clamp(sdf, ±t) / t
+    sdf_truncation: float = 0.05        # target = clamp(sdf - offset, ±t) / t
+    sdf_offset: float = 0.0             # > 0: learn the surface dilated by this much (thin parts stay visible)
     kl_weight: float = 1e-3
 
 
@@ -88,7 +89,20 @@ def _coerce(cls, data: dict, source: str):
     if unknown:
         raise ValueError(f"{source}: unknown keys {unknown} for a {data.get('kind', '?')} config")
     if "betas" in data:
-        data["betas"] = tuple(data["betas"])
+        data["betas"] = tuple(float(b) for b in data["betas"])
+    types = {f.name: str(f.type) for f in fields(cls)}
+    for key, value in data.items():
+        kind = types[key]
+        try:  # YAML reads 1e-5 (no dot) as a string; plain numbers must be numbers
+            if kind == "float" and not isinstance(value, bool):
+                data[key] = float(value)
+            elif kind == "int" and not isinstance(value, bool):
+                if float(value) != int(float(value)):
+                    raise ValueError
+                data[key] = int(float(value))
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: {key} must be a{'n integer' if kind == 'int' else ' number'}, "
+                             f"got {value!r}") from None
     return cls(**data)
 
 

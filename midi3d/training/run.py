@@ -23,7 +23,14 @@ def base_pipeline(config: TrainConfig, init: Path | None, allow_pickle: bool = F
     spec = (PipelineSpec.from_yaml(config.model) if config.model.endswith((".yaml", ".yml"))
             else PipelineSpec.builtin(config.model))
     spec = dataclasses.replace(spec, standin_occupancy=None, seed=config.seed)
-    return build_pipeline(spec)
+    pipe = build_pipeline(spec)
+    # Start the posterior nearly deterministic (std ~ 0.05): with unit noise the decoder cannot
+    # read where the tokens are and learns a blurred average first; the KL term widens it as it can.
+    import torch
+
+    with torch.no_grad():
+        pipe.vae.quant.bias[pipe.vae.config.latent_channels :] = -6.0
+    return pipe
 
 
 def run_training(config: TrainConfig, data: Path, out: Path, init: Path | None = None, cache_dir: Path | None = None,

@@ -25,11 +25,12 @@ class VAELoss(nn.Module):
                                     seed=batch["subset_seed"]).latent_dist
         latents = posterior.sample()
         predicted = self.vae.decode(latents, batch["queries"]).sample[..., 0].float()
-        target = (batch["sdf"] / self.config.sdf_truncation).clamp(-1.0, 1.0)
+        sdf = batch["sdf"] - self.config.sdf_offset
+        target = (sdf / self.config.sdf_truncation).clamp(-1.0, 1.0)
         recon = F.l1_loss(predicted, target)
         kl = posterior.kl().mean().float()
         with torch.no_grad():
-            sign_accuracy = ((predicted <= 0) == (batch["sdf"] <= 0)).float().mean()
+            sign_accuracy = ((predicted <= 0) == (sdf <= 0)).float().mean()
         return recon + self.config.kl_weight * kl, {"recon": recon.detach(), "kl": kl.detach(),
                                                     "sign_acc": sign_accuracy}
 

@@ -1,0 +1,156 @@
+"""What the demo does, without Gradio: input checks, segmentation edits, generation, outputs.
+
+Every function raises :class:`~midi3d.io.errors.InputError` with a one-line message for bad
+input; the Gradio layer shows that message in the page.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tempfile
+import threading
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..io.errors import InputError
+from ..io.images import load_rgb
+from ..io.labelmap import instance_ids, read_label_map
+from ..models.checkpoint import write_atomic
+from ..segmentation.base import overlay, relabel
+
+
+@dataclass
+class DemoLimits:
+    """Upload and work limits of one demo server."""
+
+    max_upload_mb: float = 15.0
+    max_side: int = 2048          # longest image side, in pixels
+    max_instances: int = 16
+    queue_size: int = 8           # waiting generations beyond the running one
+
+
+def check_upload(path: str | Path | None, what: str, limits: DemoLimits) -> Path:
+    """The uploaded file's path, after the size check."""
+    if path is None:
+        raise InputError(f"no {what} uploaded")
+    path = Path(path)
+    size = path.stat().st_size if path.is_file() else 0
+    if size == 0:
+        raise InputError(f"{path.name}: empty or missing {what} file")
+    if size > limits.max_upload_mb * 1024 * 1024:
+        raise InputError(f"{path.name}: {what} of {size / 2**20:.1f} MB exceeds the {limits.max_upload_mb:g} MB limit")
+    return path
+
+
+def load_scene_image(path: str | Path | None, limits: DemoLimits) -> np.ndarray:
+    """The scene image as RGB uint8, within the size limits."""
+    path = check_upload(path, "image", limits)
+    rgb = load_rgb(path)
+    height, width = rgb.shape[:2]
+    if max(height, width) > limits.max_side:
+        raise InputError(f"{path.name}: image of {width}x{height} pixels exceeds the {limits.max_side}-pixel side limit")
+    return rgb
+
+
+def load_label_upload(path: str | Path | None, shape: tuple[int, int], limits: DemoLimits) -> np.ndarray:
+    """A user's label map, checked against the image size and the instance cap."""
+    path = check_upload(path, "label map", limits)
+    labels = read_label_map(path, max_instances=limits.max_instances)
+    if labels.shape != tuple(shape):
+        raise InputError(f"{path.name}: label map is {labels.shape[1]}x{labels.shape[0]} but the image is "
+                         f"{shape[1]}x{shape[0]}")
+    if not instance_ids(labels):
+        raise InputError(f"{path.name}: label map has no instance (all background)")
+    return labels
+
+
+def remove_instances(labels: np.ndarray, ids: list[int]) -> np.ndarray:
+    """Drop ``ids`` to background and renumber the rest 1..N."""
+    return relabel(np.where(np.isin(labels, ids), 0, labels))
+
+
+def merge_instances(labels: np.ndarray, ids: list[int]) -> np.ndarray:
+    """Merge ``ids`` (at least two) into the first of them, then renumber."""
+    if len(ids) < 2:
+        raise InputError("select at least two instances to merge")
+    return relabel(np.where(np.isin(labels, ids), min(ids), labels))
+
+
+def preview(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return overlay(rgb, labels)
+
+
+def per_object_zip(result) -> bytes:
+    """A zip of one GLB per instance (``instance_<id>.glb``), all in the scene frame."""
+    from ..pipelines.scene import SceneResult, build_scene
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for instance_id, mesh in zip(result.ids, result.meshes):
+            if mesh is None or len(mesh.faces) == 0:
+                continue
+            single = SceneResult([instance_id], [mesh], {})
+            archive.writestr(f"instance_{instance_id}.glb", build_scene(single).export(file_type="glb"))
+    return buffer.getvalue()
+
+
+@dataclass
+class SessionFolders:
+    """Per-session output folders under one root; a session keeps only its latest result."""
+
+    root: Path
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def create(cls, root: str | Path | None = None) -> SessionFolders:
+        base = Path(root) if root is not None else Path(tempfile.gettempdir())
+        base.mkdir(parents=True, exist_ok=True)
+        return cls(Path(tempfile.mkdtemp(prefix="midi3d-demo-", dir=base)))
+
+    def fresh(self, session: str) -> Path:
+        """An empty folder for ``session``'s next result (its previous result is removed)."""
+        safe = "".join(c for c in session if c.isalnum() or c in "-_")[:64] or "anonymous"
+        with self._lock:
+            folder = self.root / safe
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            return folder
+
+    def release(self, session: str) -> None:
+        safe = "".join(c for c in session if c.isalnum() or c in "-_")[:64] or "anonymous"
+        shutil.rmtree(self.root / safe, ignore_errors=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def generate_outputs(pipe, rgb: np.ndarray, labels: np.ndarray, options, folder: Path, lock: threading.Lock,
+                     progress=None) -> tuple[Path, Path, str]:
+    """Generate the scene; write ``scene.glb`` and ``objects.zip`` in ``folder``; return a summary."""
+    from ..pipelines.scene import SceneInputs, export_scene, generate_scene
+
+    ids = instance_ids(labels)
+    if not ids:
+        raise InputError("no instance to generate: segment the image or upload a label map first")
+    if rgb.shape[:2] != labels.shape:
+        raise InputError("the label map does not match the image; segment again")
+    with lock:  # one generation at a time per worker
+        if progress is not None:
+            pipe.set_progress_bar_config(disable=True)
+        result = generate_scene(pipe, SceneInputs(rgb, labels, "demo"), options)
+    if len(result.empty_ids) == len(result.ids):
+        raise InputError("no instance produced a surface; try another seed or more steps")
+    scene_path = export_scene(result, folder / "scene.glb")
+    zip_path = folder / "objects.zip"
+    write_atomic(zip_path, per_object_zip(result))
+    t = result.timings
+    summary = (f"{len(result.ids) - len(result.empty_ids)}/{len(result.ids)} instances in "
+               f"{sum(t.values()):.1f}s (encode {t.get('encode', 0):.1f}s, denoise {t.get('denoise', 0):.1f}s, "
+               f"decode {t.get('decode', 0):.1f}s)")
+    if result.empty_ids:
+        summary += f"; no surface for {', '.join(map(str, result.empty_ids))}"
+    return scene_path, zip_path, summary
