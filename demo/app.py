@@ -31,6 +31,7 @@ class DemoConfig:
     model: Path | None = None           # pipeline folder; None = the embedded model
     sam_checkpoint: Path | None = None  # or MIDI3D_SAM_CHECKPOINT
     work_dir: Path | None = None        # per-session folders are made under it (default: system temp)
+    resolution: int = 256               # mesh extraction grid
 
 
 def _examples() -> list[list[str]]:
@@ -107,6 +108,7 @@ class DemoBackend:
     def generate(self, session: str, image_path, labels: np.ndarray, steps: int, guidance: float, seed: int,
                  layers: str, progress=None):
         from ..models.transformers.midi_transformer import parse_layer_list
+        from ..pipelines.pipeline_midi import ExtractionOptions
         from ..pipelines.scene import GenerateOptions
 
         rgb = load_scene_image(image_path, self.config.limits)
@@ -122,7 +124,8 @@ class DemoBackend:
         with self.lock:
             pipe.transformer.set_multi_instance_layers(chosen)
             folder = self.folders.fresh(session)
-            options = GenerateOptions(steps=int(steps), guidance=float(guidance), seed=int(seed))
+            options = GenerateOptions(steps=int(steps), guidance=float(guidance), seed=int(seed),
+                                      extraction=ExtractionOptions(resolution=self.config.resolution))
             return generate_outputs(pipe, rgb, labels, options, folder, threading.Lock(), progress)
 
 
@@ -131,6 +134,10 @@ def build_demo(config: DemoConfig, pipe=None):
     import gradio as gr
 
     from ..segmentation.base import save_label_map
+
+    # pymeshlab must be imported on the main thread: first imported in a Gradio worker thread, it
+    # leaves the heap corrupted and the process aborts at exit (measured: exit status 134).
+    import pymeshlab  # noqa: F401
 
     backend = DemoBackend(config, pipe)
 
