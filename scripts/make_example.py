@@ -1,4 +1,9 @@
-"""Regenerate the bundled example midi3d/assets/examples/blocks-5_{rgb,seg}.png (deterministic)."""
+"""Regenerate the bundled examples (deterministic):
+
+* ``blocks-5_{rgb,seg}.png``: five flat shapes (a drawing, for segmentation and I/O tests);
+* ``room-5_{rgb,seg}.png``: a room of five objects from ``midi3d synth`` with seed 99 (neither the
+  training seed 1 nor the test seed 7), the input the embedded model is made for.
+"""
 
 from pathlib import Path
 
@@ -27,6 +32,31 @@ def main() -> None:
         getattr(draw_seg, kind)(coords, fill=oid)
     rgb.save(OUT / "blocks-5_rgb.png", optimize=True)
     seg.save(OUT / "blocks-5_seg.png", optimize=True)
+    synthetic_room()
+
+
+def synthetic_room(objects: int = 5, seed: int = 99, size: int = 384) -> None:
+    import tempfile
+
+    import numpy as np
+
+    from midi3d.data.synth import SynthConfig, generate_scene
+    from midi3d.io.labelmap import instance_ids
+
+    config = SynthConfig(seed=seed, image_size=size, surface_points=16)
+    with tempfile.TemporaryDirectory() as tmp:
+        for index in range(200):
+            generate_scene(Path(tmp), "example", index, config)
+            room = Path(tmp) / "3D-FRONT-RENDER" / "example" / f"room-{index:05d}"
+            labels = np.asarray(Image.open(room / "semantic_0000.png"))
+            visible = [i for i in instance_ids(labels) if (labels == i).sum() > 0.002 * labels.size]
+            if len(visible) == objects and len(instance_ids(labels)) == objects:
+                Image.open(room / "render_0000.webp").convert("RGB").save(OUT / f"room-{objects}_rgb.png", optimize=True)
+                seg = Image.fromarray(labels.astype(np.uint8), mode="L").convert("P")
+                seg.putpalette(PALETTE + [0] * (768 - len(PALETTE)))
+                seg.save(OUT / f"room-{objects}_seg.png", optimize=True)
+                return
+    raise RuntimeError(f"no room with {objects} visible objects among 200 (seed {seed})")
 
 
 if __name__ == "__main__":

@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 mkdir -p outputs
-.venv/bin/midi3d generate midi3d/assets/examples/blocks-5_rgb.png \
-  --seg midi3d/assets/examples/blocks-5_seg.png -o outputs/blocks-5.glb "$@"
+.venv/bin/midi3d generate midi3d/assets/examples/room-5_rgb.png \
+  --seg midi3d/assets/examples/room-5_seg.png -o outputs/room-5.glb "$@"

@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SYSTEM_PACKAGES=(libusb-1.0-0 libgl1)   # Open3D's runtime libraries
+# The browser test drives Debian's chromium through Playwright (no browser download).
+[ "${1:-}" = "dev" ] && SYSTEM_PACKAGES+=(chromium)
 missing=()
 for pkg in "${SYSTEM_PACKAGES[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

@@ -163,7 +163,9 @@ def test_browser_upload_generate_view_download(server, example):
     rgb, seg = example
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        # SwiftShader: WebGL on the CPU, so the 3D viewer draws the scene in the screenshot.
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1300})
             page.goto(server["url"])

@@ -33,6 +33,16 @@ def test_wheel_has_only_midi3d_top_level(tmp_path):
         assert f"midi3d/{mapped}/__init__.py" in names
     assert "midi3d/configs/models/midi3d-tiny.yaml" in names
     assert "midi3d/assets/examples/blocks-5_rgb.png" in names
+    assert "midi3d/configs/train/dit-tiny.yaml" in names
+    embedded = [n for n in names if n.startswith("midi3d/assets/midi3d-tiny/")]
+    for part in ("model_index.json", "transformer/diffusion_pytorch_model.safetensors",
+                 "vae/diffusion_pytorch_model.safetensors", "image_encoder_1/model.safetensors",
+                 "image_encoder_2/model.safetensors", "scheduler/scheduler_config.json",
+                 "feature_extractor_2/preprocessor_config.json"):
+        assert f"midi3d/assets/midi3d-tiny/{part}" in embedded, part
+    size = sum(info.file_size for info in zipfile.ZipFile(built_wheel(tmp_path)).infolist()
+               if info.filename.startswith("midi3d/assets/midi3d-tiny/"))
+    assert size <= 50 * 2**20  # the budget for the shipped model
 
 
 def test_suite_runs_against_the_installed_wheel():

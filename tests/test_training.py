@@ -214,3 +214,21 @@ def test_accelerate_launch_two_processes(data_root, spec_file, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(losses(out)) == [1, 2]
     assert "world 2" in (out / "train.log").read_text()
+
+
+def test_latent_rescaling_is_exact(spec_file):
+    from midi3d.training.dit import rescale_latent_space
+
+    pipe = build_pipeline(PipelineSpec.from_yaml(spec_file))
+    vae = pipe.vae.eval()
+    gen = torch.Generator().manual_seed(0)
+    surface = torch.cat([torch.rand(2, 128, 3, generator=gen) * 2 - 1, torch.randn(2, 128, 3, generator=gen)], -1)
+    points = torch.rand(2, 300, 3, generator=gen) * 2 - 1
+    with torch.no_grad():
+        before = vae.encode(surface, num_tokens=8).latent_dist
+        decoded = vae.decode(before.mean, points).sample
+        rescale_latent_space(vae, 4.0)
+        after = vae.encode(surface, num_tokens=8).latent_dist
+        torch.testing.assert_close(after.mean, before.mean / 4.0, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(after.std, before.std / 4.0, rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(vae.decode(after.mean, points).sample, decoded, rtol=1e-5, atol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -22,6 +23,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.99)
     warmup_steps: int = 100
+    lr_schedule: str = "constant"       # "constant" or "cosine" (from decay_start down to 5% at max_steps)
+    decay_start: int = 0
     grad_clip: float = 1.0
     mixed_precision: str = "no"         # "no" or "bf16" (accelerate)
     gradient_checkpointing: bool = False
@@ -37,8 +40,15 @@ class TrainConfig:
     uniform_points: int = 1024          # cached uniform SDF queries per object
 
     def lr_at(self, step: int) -> float:
-        """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then constant."""
-        return self.lr * min(1.0, (step + 1) / max(1, self.warmup_steps))
+        """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then constant or a
+        cosine decay that starts at ``decay_start`` and ends at 5% of ``lr`` at ``max_steps``."""
+        lr = self.lr * min(1.0, (step + 1) / max(1, self.warmup_steps))
+        if self.lr_schedule == "cosine" and step >= self.decay_start:
+            progress = (step - self.decay_start) / max(1, self.max_steps - self.decay_start)
+            lr *= 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        elif self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        return lr
 
 
 @dataclass
@@ -72,6 +82,7 @@ class DiTTrainConfig(TrainConfig):
     train_encoders: bool = True                # small models train their CLIP/DINOv2 from scratch
     ema_decay: float = 0.999
     latent_tokens: int | None = None           # None = transformer width (official rule)
+    normalise_latents: bool = False            # rescale the (frozen) VAE so cached latent means have std 1
     single_batch_instances: int = 0            # instances in a single-object batch (0 = batch_size × 6)
     lora: LoRASettings | None = None           # set: LoRA fine-tuning of the transformer only
 

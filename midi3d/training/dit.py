@@ -73,6 +73,21 @@ def cached_latents(vae, cache: TrainingCache, num_tokens: int, out_dir: Path) ->
     return mean, std
 
 
+@torch.no_grad()
+def rescale_latent_space(vae, scale: float) -> None:
+    """Reparametrise the VAE so that its latents are divided by ``scale``, exactly.
+
+    The encoder's mean rows are divided by ``scale`` (log-variance shifted by ``-2 ln scale``) and
+    the decoder's ``post_quant`` weight multiplied by it: decoded shapes do not change, the files
+    keep the official layout, and the diffusion model sees latents of about unit spread.
+    """
+    channels = vae.config.latent_channels
+    vae.quant.weight[:channels] /= scale
+    vae.quant.bias[:channels] /= scale
+    vae.quant.bias[channels:] -= 2.0 * float(np.log(scale))
+    vae.post_quant.weight *= scale
+
+
 def normalise(pixels: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
     """uint8 ``[N, 3, S, S]`` → the processor's rescaled and normalised float pixels."""
     x = pixels.float() * (1 / 255)

@@ -69,7 +69,15 @@ def run_training(config: TrainConfig, data: Path, out: Path, init: Path | None =
 
         tokens = config.latent_tokens or pipe.transformer.config.width
         with accelerator.main_process_first():
-            latents = cached_latents(pipe.vae, cache, tokens, out)
+            latents = cached_latents(pipe.vae, cache, tokens, cache_dir or out / "cache")
+        if config.normalise_latents:
+            from .dit import rescale_latent_space
+
+            scale = float(latents[0].std())
+            rescale_latent_space(pipe.vae, scale)
+            latents = (latents[0] / scale, latents[1] / scale)
+            if accelerator.is_main_process:
+                logger.info("latent space rescaled by 1/%.4f (cached latent means now have std 1)", scale)
         task = DiTTask(pipe, cache, config, latents)
         ema_decay = config.ema_decay
     return train(task, config, out, ema_decay=ema_decay, quiet=quiet, accelerator=accelerator)
