@@ -19,8 +19,15 @@ for name in "${!VARIANTS[@]}"; do   # one single-threaded process per variant, i
     --init "$WORK/vae/final/pipeline" --cache-dir "$WORK/cache" --threads 1 -q ${VARIANTS[$name]} &
 done
 wait
+# Every variant gets the same fine-tuned decoder (train-embedded.sh step 4), then is evaluated.
 for name in "${!VARIANTS[@]}"; do
-  OMP_NUM_THREADS=1 $MIDI3D eval --dataset 3dfront --root "$WORK/synth-test" --test-size 200 \
-    --model "$WORK/dit-$name/final/pipeline" --out "$WORK/eval-$name" --icp none --steps 25 --resolution 128 -q &
+  rm -rf "$WORK/final-$name" && cp -r "$WORK/dit-$name/final/pipeline" "$WORK/final-$name"
+  rm -rf "$WORK/final-$name/vae" && cp -r "$WORK/vae-robust/final/pipeline/vae" "$WORK/final-$name/vae"
+done
+OMP_NUM_THREADS=1 $MIDI3D eval --dataset 3dfront --root "$WORK/synth-test" --test-size 200 \
+  --model "$WORK/final-mi-default" --out "$WORK/eval-mi-default" --icp none --steps 25 --resolution 128 -q &
+for name in mi-none mi-all mi-default-nomix; do
+  OMP_NUM_THREADS=1 $MIDI3D eval --dataset 3dfront --root "$WORK/synth-test" --test-size 200 --limit 50 \
+    --model "$WORK/final-$name" --out "$WORK/eval-$name" --icp none --steps 25 --resolution 128 -q
 done
 wait

@@ -19,7 +19,15 @@ OMP_NUM_THREADS=2 $MIDI3D train vae-tiny --data "$WORK/synth-train" --out "$WORK
 # 3. Diffusion transformer + encoders (multi-instance attention on the default layers, mixed training).
 OMP_NUM_THREADS=1 $MIDI3D train dit-tiny --data "$WORK/synth-train" --out "$WORK/dit-mi-default" \
   --init "$WORK/vae/final/pipeline" --cache-dir "$WORK/cache" --threads 1 -q
+# (scripts/ablation.sh trains this run and its three variants together, in parallel.)
 
-# 4. Ship it: the EMA pipeline folder becomes the package's embedded model.
+# 4. Decoder-only fine-tuning with noise on the latents (the encoder, hence the latent space, is frozen).
+#    It starts from the step-1000 checkpoint: any pipeline of step 3 holds the same rescaled VAE.
+OMP_NUM_THREADS=1 $MIDI3D train vae-decoder-robust --data "$WORK/synth-train" --out "$WORK/vae-robust" \
+  --init "$WORK/dit-mi-default/checkpoints/step-0001000/pipeline" --cache-dir "$WORK/cache" --threads 1 -q
+
+# 5. Ship it: the transformer's EMA pipeline folder with the fine-tuned decoder.
 rm -rf midi3d/assets/midi3d-tiny
 cp -r "$WORK/dit-mi-default/final/pipeline" midi3d/assets/midi3d-tiny
+rm -rf midi3d/assets/midi3d-tiny/vae
+cp -r "$WORK/vae-robust/final/pipeline/vae" midi3d/assets/midi3d-tiny/vae

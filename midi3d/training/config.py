@@ -61,6 +61,10 @@ class VAETrainConfig(TrainConfig):
     sdf_truncation: float = 0.05        # target = clamp(sdf - offset, ±t) / t
     sdf_offset: float = 0.0             # > 0: learn the surface dilated by this much (thin parts stay visible)
     kl_weight: float = 1e-3
+    latent_noise: float = 0.0           # > 0: decode latent + N(0, latent_noise²): a decoder robust to
+                                        # the small errors of generated latents
+    freeze_encoder: bool = False        # decoder-only fine-tuning (the latent space, hence a trained
+                                        # diffusion model, stays valid)
 
 
 @dataclass

@@ -24,6 +24,8 @@ class VAELoss(nn.Module):
         posterior = self.vae.encode(batch["surface"], num_tokens=self.config.latent_tokens,
                                     seed=batch["subset_seed"]).latent_dist
         latents = posterior.sample()
+        if self.config.latent_noise > 0:
+            latents = latents + self.config.latent_noise * torch.randn_like(latents)
         predicted = self.vae.decode(latents, batch["queries"]).sample[..., 0].float()
         sdf = batch["sdf"] - self.config.sdf_offset
         target = (sdf / self.config.sdf_truncation).clamp(-1.0, 1.0)
@@ -45,6 +47,9 @@ class VAETask:
         for name in ("transformer", "image_encoder_1", "image_encoder_2"):
             getattr(pipe, name).requires_grad_(False)
         pipe.vae.requires_grad_(True)
+        if config.freeze_encoder:
+            pipe.vae.encoder.requires_grad_(False)
+            pipe.vae.quant.requires_grad_(False)
         self.module = VAELoss(pipe.vae, config)
 
     def batch(self, step: int, rank: int, world: int, device: torch.device) -> dict:
