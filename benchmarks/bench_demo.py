@@ -80,7 +80,7 @@ def main() -> None:
         print(f"{args.runs} sequential generations ({seconds / max(1, args.runs - 1):.1f}s each):")
         print(f"  demo work files   after 1st: {files_first:4d}   after {args.runs}th: {files_last:4d}")
         print(f"  gradio cache files after 1st: {cache_first:4d}   after {args.runs}th: {cache_last:4d} "
-              f"(cleaned by delete_cache every 5 min)")
+              f"(uploads and overlays; delete_cache ages them out after 4 min)")
         print(f"  server RSS        after 1st: {rss_first:7.1f} MiB   after {args.runs}th: {rss_last:7.1f} MiB "
               f"(ratio {rss_last / rss_first:.3f})")
 
