@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import signal
@@ -153,6 +154,7 @@ def test_lora_adapter_saves_reloads_and_changes_the_output(data_root, spec_file,
 
 
 def test_broken_samples_are_skipped_with_a_reason(data_root, tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="midi3d.training.cache")  # CLI tests may quiet "midi3d"
     root = tmp_path / "data"
     shutil.copytree(data_root, root)
     rooms = json.loads((root / "midi_room_ids.json").read_text())
