@@ -9,6 +9,7 @@ weights, optimiser moments and EMA weights needs saving.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Protocol
@@ -75,6 +76,13 @@ def train(task: TrainTask, config: TrainConfig, out_dir: Path, ema_decay: float 
     optimizer = torch.optim.AdamW(list(named.values()), lr=config.lr, betas=tuple(config.betas),
                                   weight_decay=config.weight_decay)
     start, ema_state = 0, None
+    if accelerator.is_main_process:  # staging folders of a run killed while saving (never under a final name)
+        for stale in [*(out_dir / "checkpoints").glob(".*.tmp"), *out_dir.glob(".*.tmp")]:
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is not None:
         start, trainable, opt_tensors, opt_meta, ema_state = read_checkpoint(checkpoint)
