@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.errors import InputError
+from ..models.checkpoint import CheckpointError
 from ..io.labelmap import instance_ids
 from .session import (DemoLimits, SessionFolders, generate_outputs, load_label_upload, load_scene_image,
                       merge_instances, preview, remove_instances)
@@ -166,7 +167,7 @@ def build_demo(config: DemoConfig, pipe=None):
         def wrapper(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except InputError as err:
+            except (InputError, CheckpointError) as err:  # bad input, or a missing/corrupt SAM or model file
                 raise gr.Error(str(err), print_exception=False) from None
             except Exception as err:  # never a stack trace in the page
                 logger.exception("demo action failed")
