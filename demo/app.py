@@ -123,13 +123,12 @@ class DemoBackend:
                              f"{self.config.limits.max_instances}; remove some or upload a label map")
         return rgb, labels
 
-    def generate(self, session: str, image_path, labels: np.ndarray, steps: int, guidance: float, seed: int,
-                 layers: str, progress=None):
+    def generate(self, session: str, rgb: np.ndarray, labels: np.ndarray, steps: int, guidance: float, seed: int,
+                 layers: str):
         from ..models.transformers.midi_transformer import parse_layer_list
         from ..pipelines.pipeline_midi import ExtractionOptions
         from ..pipelines.scene import GenerateOptions
 
-        rgb = load_scene_image(image_path, self.config.limits)
         if labels is None:
             raise InputError("no instances yet: segment the image or upload a label map first")
         if not 1 <= int(steps) <= 100:
@@ -145,7 +144,7 @@ class DemoBackend:
             options = GenerateOptions(steps=int(steps), guidance=float(guidance), seed=int(seed),
                                       extraction=ExtractionOptions(resolution=self.config.resolution))
             try:
-                return generate_outputs(pipe, rgb, labels, options, folder, threading.Lock(), progress)
+                return generate_outputs(pipe, rgb, labels, options, folder)
             finally:
                 release_memory()
 
@@ -226,13 +225,12 @@ def build_demo(config: DemoConfig, pipe=None):
 
     @guarded
     def generate(image_path, label_file, steps, guidance, seed, layers, request: gr.Request,
-                 progress=gr.Progress()):
+                 progress=gr.Progress(track_tqdm=True)):  # shows the pipeline's step bars
         rgb = load_scene_image(image_path, config.limits)
         labels = load_label_upload(label_file, rgb.shape[:2], config.limits) if label_file else None
         session = request.session_hash if request is not None and request.session_hash else "api"
         progress(0.0, desc="generating")
-        scene, objects, summary = backend.generate(session, image_path, labels, steps, guidance, seed, layers,
-                                                   progress)
+        scene, objects, summary = backend.generate(session, rgb, labels, steps, guidance, seed, layers)
         return str(scene), str(scene), str(objects), summary
 
     with gr.Blocks(title="midi3d", delete_cache=(120, 240)) as page:

@@ -128,9 +128,10 @@ class SessionFolders:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def generate_outputs(pipe, rgb: np.ndarray, labels: np.ndarray, options, folder: Path, lock: threading.Lock,
-                     progress=None) -> tuple[Path, Path, str]:
-    """Generate the scene; write ``scene.glb`` and ``objects.zip`` in ``folder``; return a summary."""
+def generate_outputs(pipe, rgb: np.ndarray, labels: np.ndarray, options, folder: Path) -> tuple[Path, Path, str]:
+    """Generate the scene; write ``scene.glb`` and ``objects.zip`` in ``folder``; return a summary.
+
+    The caller serialises calls (one generation at a time per worker)."""
     from ..pipelines.scene import SceneInputs, export_scene, generate_scene
 
     ids = instance_ids(labels)
@@ -138,10 +139,7 @@ def generate_outputs(pipe, rgb: np.ndarray, labels: np.ndarray, options, folder:
         raise InputError("no instance to generate: segment the image or upload a label map first")
     if rgb.shape[:2] != labels.shape:
         raise InputError("the label map does not match the image; segment again")
-    with lock:  # one generation at a time per worker
-        if progress is not None:
-            pipe.set_progress_bar_config(disable=True)
-        result = generate_scene(pipe, SceneInputs(rgb, labels, "demo"), options)
+    result = generate_scene(pipe, SceneInputs(rgb, labels, "demo"), options)
     if len(result.empty_ids) == len(result.ids):
         raise InputError("no instance produced a surface; try another seed or more steps")
     scene_path = export_scene(result, folder / "scene.glb")

@@ -12,6 +12,7 @@ Caches are written atomically and reused when their settings match.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -70,6 +71,7 @@ class TrainingCache:
         return range(int(self.scene_offsets[scene]), int(self.scene_offsets[scene + 1]))
 
 
+@functools.lru_cache(maxsize=4)  # one per worker process, not one per room
 def _processor(image_size: int):
     from ..models.factory import _processor_config
     from ..models.image_encoders import build_image_processor
