@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..io.errors import InputError
+from ..io.files import write_atomic
 from ..io.images import load_rgb
 from ..io.labelmap import instance_ids, read_label_map
-from ..models.checkpoint import write_atomic
 from ..segmentation.base import overlay, relabel
 
 
@@ -68,15 +68,27 @@ def load_label_upload(path: str | Path | None, shape: tuple[int, int], limits: D
     return labels
 
 
+def _check_present(labels: np.ndarray, ids: list[int]) -> None:
+    absent = sorted(set(ids) - set(instance_ids(labels)))
+    if absent:
+        raise InputError(f"instance(s) {', '.join(map(str, absent))} not in the current label map "
+                         f"(it has {', '.join(map(str, instance_ids(labels)))})")
+
+
 def remove_instances(labels: np.ndarray, ids: list[int]) -> np.ndarray:
     """Drop ``ids`` to background and renumber the rest 1..N."""
-    return relabel(np.where(np.isin(labels, ids), 0, labels))
+    _check_present(labels, ids)
+    remaining = relabel(np.where(np.isin(labels, ids), 0, labels))
+    if not instance_ids(remaining):
+        raise InputError("removing every instance leaves nothing to generate")
+    return remaining
 
 
 def merge_instances(labels: np.ndarray, ids: list[int]) -> np.ndarray:
     """Merge ``ids`` (at least two) into the first of them, then renumber."""
-    if len(ids) < 2:
+    if len(set(ids)) < 2:
         raise InputError("select at least two instances to merge")
+    _check_present(labels, ids)
     return relabel(np.where(np.isin(labels, ids), min(ids), labels))
 
 

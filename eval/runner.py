@@ -23,7 +23,8 @@ import numpy as np
 import trimesh
 
 from ..data.datasets import EvalScene
-from ..models.checkpoint import write_atomic
+from ..io.files import output_error, write_atomic
+from ..io.paths import child_path
 from .metrics import scene_metrics
 
 Predictor = Callable[[EvalScene], dict[int, trimesh.Trimesh]]
@@ -86,7 +87,7 @@ def export_ground_truth(scene: EvalScene, out_dir: Path) -> Path:
         mesh = trimesh.load(path, force="mesh")
         name = f"instance_{instance}"
         export.add_geometry(mesh, node_name=name, geom_name=name)
-    target = out_dir / f"{scene.key}.glb"
+    target = child_path(out_dir, f"{scene.key}.glb", scene.key)
     write_atomic(target, export.export(file_type="glb"))
     return target
 
@@ -107,15 +108,26 @@ class ResultLog:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                found.setdefault(record["key"], record)
+                if record["status"] == "ok" or record["key"] not in found:  # a retried success wins
+                    found[record["key"]] = record
         return found
 
     def append(self, record: dict) -> None:
+        """Append one record; a line torn by an earlier kill is closed first so that it cannot
+        swallow this one."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        line = json.dumps(record, sort_keys=True) + "\n"
+        try:
+            with open(self.path, "ab+") as handle:
+                if handle.tell() > 0:
+                    handle.seek(-1, os.SEEK_END)
+                    if handle.read(1) != b"\n":
+                        line = "\n" + line
+                handle.write(line.encode())
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as err:
+            raise output_error(self.path, err) from None
 
 
 def run(dataset, predictor: Predictor, out_dir: Path, options: EvalOptions, keys: Iterable[str] | None = None,
@@ -147,7 +159,7 @@ def run(dataset, predictor: Predictor, out_dir: Path, options: EvalOptions, keys
             from .visuals import save_scene_figure
 
             try:
-                save_scene_figure(scene, predicted, metrics, visuals_dir / f"{key}.png")
+                save_scene_figure(scene, predicted, metrics, child_path(visuals_dir, f"{key}.png", key))
             except Exception as err:  # a figure never fails a scored scene
                 record["visual_error"] = f"{type(err).__name__}: {err}"
         record["seconds"] = round(time.perf_counter() - start, 3)

@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from ..data.datasets import EvalScene
 from ..data.synth import Camera, SceneObject, render
-from ..models.checkpoint import write_atomic
+from ..io.files import write_atomic
 from ..colours import instance_colour
 
 PANEL = 256

@@ -106,6 +106,10 @@ def generate(
     no_postprocess: bool = typer.Option(False, "--no-postprocess", help="Skip the mesh clean-up."),
     fmt: str = typer.Option("glb", "--format", help="Output format in folder mode: glb, obj or ply."),
     max_instances: int = typer.Option(64, "--max-instances", help="Refuse label maps with more instances."),
+    max_pixels: int = typer.Option(64_000_000, "--max-pixels", min=4,
+                                   help="Refuse images with more pixels (decompression bombs)."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Folder mode: regenerate scenes whose output already exists."),
     lora: Path | None = typer.Option(None, "--lora", help="LoRA adapter folder (from midi3d train) to apply."),
     lora_scale: float = typer.Option(1.0, "--lora-scale", help="Strength of the LoRA adapter."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle",
@@ -114,7 +118,9 @@ def generate(
 ) -> None:
     """Generate a 3D scene (one mesh per instance) from an image and its instance label map."""
     from .geometry.postprocess import PostprocessConfig
-    from .io.errors import InputError
+    from .io.errors import InputError, OutputError
+    from .io.files import check_writable
+    from .io.paths import child_path
     from .models.checkpoint import CheckpointError
     from .models.transformers.midi_transformer import parse_layer_list
     from .pipelines.pipeline_midi import ExtractionOptions
@@ -147,16 +153,32 @@ def generate(
         out_dir = output or Path("outputs")
         if out_dir.exists() and not out_dir.is_dir():
             _fail(f"{out_dir}: exists and is not a folder")
+        try:
+            targets = {name: child_path(out_dir, f"{name}.{fmt}", image) for name, image, _ in pairs}
+        except InputError as err:
+            _fail(str(err))
+        done = [name for name, _, _ in pairs if targets[name].is_file()]
+        if done and not overwrite:
+            pairs = [pair for pair in pairs if pair[0] not in done]
+            if not quiet:
+                err_console.print(f"{len(done)} scene(s) already in {out_dir}: skipped (--overwrite redoes them)",
+                                  highlight=False)
+            if not pairs:
+                return
     else:
         out_path = output or Path(f"{input.stem}.glb")
         if out_path.suffix.lower().lstrip(".") not in EXPORT_FORMATS:
             _fail(f"{out_path}: unsupported output format {out_path.suffix!r} (use .glb, .obj or .ply)")
         try:
-            scene = (load_scene(input, seg, max_instances=max_instances) if seg is not None
-                     else _segment_first(input, trust_pickle))
+            scene = (load_scene(input, seg, max_instances=max_instances, max_pixels=max_pixels) if seg is not None
+                     else _segment_first(input, trust_pickle, max_pixels))
         except (InputError, ValueError) as err:
             _fail(str(err))
 
+    try:
+        check_writable(out_dir if input.is_dir() else out_path.parent)
+    except OutputError as err:
+        _fail(str(err))
     torch_dtype = _torch_dtype(dtype, device)
     try:
         pipe = _load_pipeline(model, torch_dtype, device, layers, trust_pickle, quiet, lora, lora_scale)
@@ -168,7 +190,7 @@ def generate(
         try:
             result = generate_scene(pipe, scene, options)
             export_scene(result, out_path)
-        except InputError as err:
+        except InputError as err:  # OutputError included: nothing is left under out_path
             _fail(str(err))
         if not quiet:
             _summary(out_path, result, time.perf_counter() - start)
@@ -178,14 +200,17 @@ def generate(
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=err_console, disable=quiet, transient=True) as progress:
         task = progress.add_task("scenes", total=len(pairs))
-        for name, image, seg_path in pairs:
+        for written, (name, image, seg_path) in enumerate(pairs):
             start = time.perf_counter()
             try:
-                scene = load_scene(image, seg_path, max_instances=max_instances)
+                scene = load_scene(image, seg_path, max_instances=max_instances, max_pixels=max_pixels)
                 result = generate_scene(pipe, scene, options)
-                path = export_scene(result, out_dir / f"{name}.{fmt}")
+                path = export_scene(result, targets[name])
                 if not quiet:
                     progress.console.print(_summary_line(path, result, time.perf_counter() - start), highlight=False)
+            except OutputError as err:  # a full disk or a read-only folder fails every later scene too
+                progress.stop()
+                _fail(f"{err}; stopped after {written - failed} scene(s) (rerun to continue)")
             except (InputError, ValueError, RuntimeError) as err:
                 failed += 1
                 progress.console.print(f"[red]failed[/] {name}: {err}", highlight=False)
@@ -196,7 +221,7 @@ def generate(
         raise typer.Exit(EXIT_SCENES_FAILED)
 
 
-def _segment_first(image: Path, trust_pickle: bool = False):
+def _segment_first(image: Path, trust_pickle: bool = False, max_pixels: int = 64_000_000):
     """Scene inputs for an image without a label map: automatic SAM when ``$MIDI3D_SAM_CHECKPOINT``
     is set, else the rough ``classic`` segmentation."""
     import os
@@ -207,7 +232,7 @@ def _segment_first(image: Path, trust_pickle: bool = False):
     from .segmentation import ClassicSegmenter
     from .segmentation.sam import CHECKPOINT_ENV, SamSegmenter
 
-    rgb = load_rgb(image)
+    rgb = load_rgb(image, max_pixels=max_pixels)
     if os.environ.get(CHECKPOINT_ENV):
         segmenter, how = SamSegmenter(None, allow_pickle=trust_pickle), "automatic SAM"
     else:
@@ -321,12 +346,18 @@ def synth(
     import os
 
     from .data.synth import SynthConfig, generate_dataset
+    from .io.errors import OutputError
+    from .io.files import check_writable
 
     _setup_logging(quiet)
     if out.exists() and not out.is_dir():
         _fail(f"{out}: exists and is not a folder")
     if frame not in ("view", "world"):
         _fail(f"--frame must be 'view' or 'world', got {frame!r}")
+    try:
+        check_writable(out)
+    except OutputError as err:
+        _fail(str(err))
     config = SynthConfig(seed=seed, views=views, image_size=image_size, surface_points=surface_points, frame=frame)
     start = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -352,6 +383,8 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train the shape VAE or the diffusion transformer (full, or LoRA), resumably, on accelerate."""
+    from .io.errors import OutputError
+    from .io.files import check_writable
     from .models.checkpoint import CheckpointError
     from .training.config import load_train_config
     from .training.run import run_training
@@ -364,6 +397,10 @@ def train(
         _fail(str(err))
     if not data.is_dir():
         _fail(f"{data}: dataset folder not found")
+    try:
+        check_writable(out)
+    except OutputError as err:
+        _fail(str(err))
     if threads:
         import torch
 
@@ -371,7 +408,7 @@ def train(
     try:
         result = run_training(settings, data, out, init=init, cache_dir=cache_dir, quiet=quiet,
                               allow_pickle=trust_pickle)
-    except (CheckpointError, FileNotFoundError) as err:
+    except (CheckpointError, FileNotFoundError, OutputError) as err:
         _fail(str(err))
     if not quiet:
         console.print(f"trained {settings.kind} to step {result['step']} (last loss {result['loss']:.4f}, "
@@ -444,8 +481,14 @@ def evaluate(
     from .data.datasets import DATASETS, ObjectFilter
     from .eval.runner import EvalOptions, ResultLog, export_ground_truth, load_prediction, run, summarise
     from .eval.runner import summary_rows, write_summary
+    from .io.errors import OutputError
+    from .io.files import check_writable
 
     _setup_logging(quiet)
+    try:
+        check_writable(export_gt if export_gt is not None else out)
+    except OutputError as err:
+        _fail(str(err))
     if dataset not in DATASETS:
         _fail(f"--dataset {dataset}: use one of {', '.join(DATASETS)}")
     if max_objects is None:
@@ -515,15 +558,22 @@ def evaluate(
             if record["status"] != "ok" and not quiet:
                 progress.console.print(f"[red]failed[/] {key}: {record['error']}", highlight=False)
 
-        run(data, predictor, out, EvalOptions(icp=icp.value, points=points, seed=seed), keys=keys, rank=rank,
-            world=world, retry_failed=retry_failed, progress=report,
-            visuals_dir=out / "visuals" if save_visuals else None)
+        try:
+            run(data, predictor, out, EvalOptions(icp=icp.value, points=points, seed=seed), keys=keys, rank=rank,
+                world=world, retry_failed=retry_failed, progress=report,
+                visuals_dir=out / "visuals" if save_visuals else None)
+        except OutputError as err:
+            progress.stop()
+            _fail(f"{err}; scored scenes so far are kept (rerun to continue)")
     if state is not None:
         state.wait_for_everyone()
     if rank != 0:
         return
     summary = summarise(ResultLog(out).records(), keys, icp.value)
-    write_summary(out, summary)
+    try:
+        write_summary(out, summary)
+    except OutputError as err:
+        _fail(str(err))
     if not quiet:
         header, values = summary_rows(summary)
         console.print(f"ICP {icp.value}: " + ", ".join(f"{h} {v}" for h, v in zip(header, values)), highlight=False)

@@ -18,9 +18,9 @@ import trimesh
 from ..colours import instance_colour
 from ..geometry.postprocess import PostprocessConfig
 from ..io.errors import InputError
-from ..io.images import load_rgb
+from ..io.files import write_atomic
+from ..io.images import DEFAULT_MAX_PIXELS, load_rgb
 from ..io.labelmap import DEFAULT_MAX_INSTANCES, instance_ids, read_label_map
-from ..models.checkpoint import write_atomic
 from .pipeline_midi import ExtractionOptions, MIDIPipeline
 
 logger = logging.getLogger(__name__)
@@ -67,11 +67,11 @@ class SceneResult:
         return [i for i, mesh in zip(self.ids, self.meshes) if mesh is None or len(mesh.faces) == 0]
 
 
-def load_scene(image_path: str | Path, seg_path: str | Path, max_instances: int = DEFAULT_MAX_INSTANCES
-               ) -> SceneInputs:
+def load_scene(image_path: str | Path, seg_path: str | Path, max_instances: int = DEFAULT_MAX_INSTANCES,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> SceneInputs:
     """Read an image and its label map; errors name the file and the problem."""
-    rgb = load_rgb(image_path)
-    labels = read_label_map(seg_path, max_instances=max_instances)
+    rgb = load_rgb(image_path, max_pixels=max_pixels)
+    labels = read_label_map(seg_path, max_instances=max_instances, max_pixels=max_pixels)
     if labels.shape != rgb.shape[:2]:
         raise InputError(f"{seg_path}: label map is {labels.shape[1]}x{labels.shape[0]} but image "
                          f"{image_path} is {rgb.shape[1]}x{rgb.shape[0]}")

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..io.images import load_rgb
 from ..io.labelmap import instance_ids, read_label_map
+from ..io.paths import relative_inside, safe_name
 from .synth import RENDER, SCENE, SURFACE, read_surface
 
 EVAL_SIZE = 512
@@ -117,7 +118,8 @@ class ThreeDFrontDataset:
         room_index, view = divmod(index, len(self.views))
         room, names, view_name = self.rooms[room_index], self.furniture[room_index], self.views[view]
         key = self._keys[index]
-        render_dir = self.root / RENDER / room
+        source = self.root / "midi_room_ids.json"
+        render_dir = relative_inside(self.root / RENDER, room, source)
         rgb = load_rgb(render_dir / f"render_{view_name}.webp")
         labels = read_label_map(render_dir / f"semantic_{view_name}.png", max_instances=10_000)
         rgb, labels = _resize_pair(rgb, labels, self.size)
@@ -126,10 +128,10 @@ class ThreeDFrontDataset:
         labels = np.where(np.isin(labels, kept), labels, 0)
         gt_points, meshes = [], []
         for instance in kept:
-            name = names[instance - 1]
-            surface = read_surface(self.root / SURFACE / room / f"{name}.npy")["surface_points"]
+            name = safe_name(names[instance - 1], self.root / "midi_furniture_ids.json")
+            surface = read_surface(relative_inside(self.root / SURFACE, room, source) / f"{name}.npy")["surface_points"]
             gt_points.append(_subsample(surface, self.points, [self.filter.seed, _stable_hash(key), instance]))
-            meshes.append(self.root / SCENE / room / f"{name}.glb")
+            meshes.append(relative_inside(self.root / SCENE, room, source) / f"{name}.glb")
         return EvalScene(key, rgb, labels, kept, gt_points, meshes, dropped, render_dir / f"camera_{view_name}.json")
 
     def __iter__(self) -> Iterator[EvalScene]:

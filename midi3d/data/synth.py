@@ -35,6 +35,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 
+from ..io.files import write_atomic
 from .furniture import FLOOR_FURNITURE, SMALL_FURNITURE, SUPPORTS
 
 RENDER, SCENE, SURFACE = "3D-FRONT-RENDER", "3D-FRONT-SCENE", "3D-FRONT-SURFACE"
@@ -254,22 +255,27 @@ def generate_scene(root: Path, house: str, index: int, config: SynthConfig) -> d
         (staging / RENDER / f"semantic_{view:04d}.png").write_bytes(_png_bytes(labels))
         if view == 0:
             pairs = [(f"{house}__{room}_rgb.png", _png_bytes(rgb)), (f"{house}__{room}_seg.png", _png_bytes(labels))]
-    for folder in (SURFACE, SCENE, RENDER):  # RENDER last: its presence marks a finished room
-        target = root / folder / house / room
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging / folder, target)
-    (root / "pairs").mkdir(exist_ok=True)
     for name, data in pairs:
-        (root / "pairs" / name).write_bytes(data)
+        (staging / name).write_bytes(data)
+    for folder in (SURFACE, SCENE):
+        _move_into_place(staging / folder, root / folder / house / room)
+    (root / "pairs").mkdir(exist_ok=True)
+    for name, _ in pairs:
+        os.replace(staging / name, root / "pairs" / name)
+    _move_into_place(staging / RENDER, root / RENDER / house / room)  # last: its presence marks a finished room
     shutil.rmtree(staging, ignore_errors=True)
     return {"room": f"{house}/{room}", "objects": [o.name for o in objects]}
 
 
+def _move_into_place(staged: Path, target: Path) -> None:
+    """Replace ``target`` by the finished folder ``staged`` (a rename: never half-visible)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staged, target)
+
+
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 def generate_dataset(root: str | Path, scenes: int, config: SynthConfig, jobs: int = 1, progress=None) -> list[dict]:

@@ -13,12 +13,19 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 
 def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open and fully decode an image, or raise :class:`InputError` naming the file."""
+    """Open and fully decode a still image, or raise :class:`InputError` naming the file.
+
+    Refused: missing files, unrecognised or damaged data, images above ``max_pixels`` (checked
+    from the header, before decoding: decompression bombs), images under 2x2 pixels and
+    animations (which frame is meant is ambiguous). EXIF orientation is applied.
+    """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
     try:
         with Image.open(path) as handle:
             width, height = handle.size
@@ -26,6 +33,10 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
                 raise InputError(f"{path}: image of {width}x{height} pixels exceeds the limit of {max_pixels} pixels")
             if width < 2 or height < 2:
                 raise InputError(f"{path}: image of {width}x{height} pixels is too small")
+            frames = getattr(handle, "n_frames", 1)
+            if frames > 1:
+                raise InputError(f"{path}: animated or multi-page image ({frames} frames); save the wanted frame "
+                                 "as a still image")
             image = ImageOps.exif_transpose(handle)
             image.load()
             return image
@@ -33,20 +44,40 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError:
+        raise InputError(f"{path}: image exceeds Pillow's decompression-bomb limit of "
+                         f"{2 * Image.MAX_IMAGE_PIXELS} pixels") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise InputError(f"{path}: unreadable image ({err})") from None
 
 
-def load_rgb(path: str | Path, background: tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
-    """An RGB uint8 array ``[H, W, 3]``; transparency is composited on ``background`` (white)."""
-    image = open_image(path)
+def _grey_to_uint8(image: Image.Image, path: Path) -> np.ndarray:
+    """16-bit, 32-bit integer and float single-channel images as 8-bit grey levels."""
+    array = np.asarray(image, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise InputError(f"{path}: image has NaN or infinite pixel values")
+    if image.mode.startswith("I;16"):
+        scale = 65535.0
+    elif image.mode == "F" and array.max() <= 1.0:
+        scale = 1.0  # float images in [0, 1]
+    else:
+        scale = 65535.0 if array.max() > 255 else 255.0
+    return np.clip(array / scale * 255.0, 0, 255).round().astype(np.uint8)
+
+
+def load_rgb(path: str | Path, background: tuple[int, int, int] = (255, 255, 255),
+             max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """An RGB uint8 array ``[H, W, 3]``; transparency is composited on ``background`` (white).
+
+    Palette, grey, 16-bit, float and CMYK images are converted; see :func:`open_image` for what
+    is refused.
+    """
+    path = Path(path)
+    image = open_image(path, max_pixels)
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (*background, 255))
         image = Image.alpha_composite(canvas, rgba)
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        scale = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        array = np.clip(array / scale * 255.0, 0, 255).astype(np.uint8)
-        return np.repeat(array[..., None], 3, axis=2)
+        return np.repeat(_grey_to_uint8(image, path)[..., None], 3, axis=2)
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .images import open_image
+from .images import DEFAULT_MAX_PIXELS, open_image
 
 DEFAULT_MAX_INSTANCES = 64
 
@@ -46,9 +46,10 @@ def label_array(image) -> np.ndarray:
     return ids.astype(np.int64)
 
 
-def read_label_map(path: str | Path, max_instances: int = DEFAULT_MAX_INSTANCES) -> np.ndarray:
+def read_label_map(path: str | Path, max_instances: int = DEFAULT_MAX_INSTANCES,
+                   max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Instance ids ``[H, W]`` int64 with 0 = background; errors name the file."""
-    image = open_image(path)
+    image = open_image(path, max_pixels)
     try:
         labels = label_array(image)
     except ValueError as err:

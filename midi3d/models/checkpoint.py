@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from ..io.files import output_error, temporary_sibling, write_atomic
 
 
 class CheckpointError(ValueError):
@@ -36,28 +37,6 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
-
-
-def temporary_sibling(path: Path) -> Path:
-    """A fresh, not yet existing name next to ``path`` for writing before an atomic rename."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to ``path`` through a temporary file in the same folder, then rename.
-
-    The file gets the usual permissions (``0o666`` minus the umask), unlike ``mkstemp``'s 0600.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -153,6 +132,8 @@ def save_weights(module: nn.Module, folder: Path, stem: str) -> None:
     try:
         save_file(state, str(tmp), metadata={"format": "pt"})
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise output_error(target, err) from None
         raise

@@ -11,7 +11,8 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-import yaml
+
+from ..io.configfile import read_yaml
 
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -35,7 +36,9 @@ class PipelineSpec:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> PipelineSpec:
-        data = yaml.safe_load(Path(path).read_text())
+        data = read_yaml(path)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of model settings")
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
@@ -59,7 +62,12 @@ def _processor_config(kind: str, size: int) -> dict:
 
 def build_pipeline(spec: PipelineSpec):
     """A :class:`~midi3d.pipelines.MIDIPipeline` with random weights drawn under ``spec.seed``."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection, Dinov2Config, Dinov2Model
+    from transformers import (
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        Dinov2Config,
+        Dinov2Model,
+    )
 
     from ..pipelines.pipeline_midi import MIDIPipeline
     from ..schedulers.rectified_flow import RectifiedFlowScheduler

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, read_json, temporary_sibling, write_atomic
+from ..io.files import temporary_sibling, write_atomic
+from .checkpoint import CheckpointError, read_json
 
 ADAPTER_NAME = "default"
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"

@@ -9,7 +9,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from ..models.checkpoint import write_atomic
+from ..io.files import write_atomic
 from ..colours import instance_colour
 
 

@@ -27,9 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from ..data.synth import RENDER, SCENE, SURFACE, read_surface
+from ..io.errors import InputError
+from ..io.files import write_atomic
 from ..io.images import load_rgb
 from ..io.labelmap import instance_ids, read_label_map
-from ..models.checkpoint import write_atomic
+from ..io.paths import relative_inside, safe_name
 from .sdf import query_points, signed_distance
 
 logger = logging.getLogger(__name__)
@@ -88,8 +90,8 @@ def _room(root: Path, room: str, names: list[str], settings: CacheSettings) -> d
     """Read one room; returns arrays, or ``{"skip": reason}``."""
     import trimesh
 
-    render_dir = root / RENDER / room
     try:
+        render_dir = relative_inside(root / RENDER, room, root / "midi_room_ids.json")
         rgb = load_rgb(render_dir / "render_0000.webp")
         labels = read_label_map(render_dir / "semantic_0000.png", max_instances=10_000)
     except Exception as err:  # an unreadable sample is skipped, not fatal
@@ -104,9 +106,10 @@ def _room(root: Path, room: str, names: list[str], settings: CacheSettings) -> d
     rng = np.random.default_rng([settings.seed, int(hashlib.sha256(room.encode()).hexdigest()[:8], 16)])
     surfaces, queries, sdfs = [], [], []
     for instance in ids:
-        name = names[instance - 1]
-        mesh_path, surface_path = root / SCENE / room / f"{name}.glb", root / SURFACE / room / f"{name}.npy"
         try:
+            name = safe_name(names[instance - 1], root / "midi_furniture_ids.json")
+            mesh_path = relative_inside(root / SCENE, room, root / "midi_room_ids.json") / f"{name}.glb"
+            surface_path = relative_inside(root / SURFACE, room, root / "midi_room_ids.json") / f"{name}.npy"
             mesh = trimesh.load(mesh_path, force="mesh")
             if len(mesh.faces) == 0:
                 return {"skip": f"{mesh_path}: mesh has no faces"}
@@ -114,6 +117,8 @@ def _room(root: Path, room: str, names: list[str], settings: CacheSettings) -> d
             points = np.concatenate([data["surface_points"], data["surface_normals"]], axis=1).astype(np.float32)
             if len(points) == 0 or not np.isfinite(points).all():
                 return {"skip": f"{surface_path}: empty or non-finite surface samples"}
+        except InputError as err:  # names the file already
+            return {"skip": str(err)}
         except Exception as err:
             return {"skip": f"{err}" if str(mesh_path) in str(err) or str(surface_path) in str(err)
                     else f"{mesh_path}: {err}"}

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
-import yaml
+from ..io.configfile import read_yaml
 
 
 @dataclass
@@ -130,14 +130,14 @@ def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] =
         if not builtin.is_file():
             raise ValueError(f"{path}: no such config file (and no built-in train config of that name)")
         path = Path(str(builtin))
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item!r}: expected key=value")
-        data[key.strip()] = yaml.safe_load(value)
+        data[key.strip()] = read_yaml(f"--set {item}", value)
     kind = data.get("kind")
     if kind not in CONFIG_CLASSES:
         raise ValueError(f"{path}: 'kind' must be one of {sorted(CONFIG_CLASSES)}, got {kind!r}")

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..models.checkpoint import CheckpointError, temporary_sibling, write_atomic
+from ..io.files import temporary_sibling, write_atomic
+from ..models.checkpoint import CheckpointError
 
 LATEST = "latest.json"
 

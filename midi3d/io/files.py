@@ -1,0 +1,57 @@
+"""Atomic file writes: a file appears under its final name complete, or not at all."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from .errors import OutputError
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A fresh, not yet existing name next to ``path`` for writing before an atomic rename."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes to ``path`` through a temporary file in the same folder, then rename.
+
+    The file gets the usual permissions (``0o666`` minus the umask), unlike ``mkstemp``'s 0600.
+    On any failure nothing is left under either name; an :class:`OSError` (no permission, full
+    disk) becomes an :class:`~midi3d.io.errors.OutputError` naming ``path``.
+    """
+    path = Path(path)
+    tmp = temporary_sibling(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError):
+            raise output_error(path, err) from None
+        raise
+
+
+def output_error(path: Path, err: OSError):
+    """The one-line :class:`~midi3d.io.errors.OutputError` for a failed write of ``path``."""
+    reason = err.strerror or type(err).__name__
+    return OutputError(f"{path}: cannot write ({reason})")
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be written there (before long work starts)."""
+    folder = Path(folder)
+    probe = temporary_sibling(folder / "write-probe")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+    except OSError as err:
+        raise output_error(folder, err) from None
+    finally:
+        probe.unlink(missing_ok=True)
