@@ -82,12 +82,12 @@ def load_prediction(path: Path) -> dict[int, trimesh.Trimesh]:
 
 def export_ground_truth(scene: EvalScene, out_dir: Path) -> Path:
     """Write the scene's GT meshes as ``<key>.glb`` with nodes ``instance_<id>``."""
+    target = child_path(out_dir, f"{scene.key}.glb", scene.key)
     export = trimesh.Scene()
     for instance, path in zip(scene.ids, scene.gt_meshes):
         mesh = trimesh.load(path, force="mesh")
         name = f"instance_{instance}"
         export.add_geometry(mesh, node_name=name, geom_name=name)
-    target = child_path(out_dir, f"{scene.key}.glb", scene.key)
     write_atomic(target, export.export(file_type="glb"))
     return target
 

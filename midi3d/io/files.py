@@ -32,10 +32,17 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as err:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         if isinstance(err, OSError):
             raise output_error(path, err) from None
         raise
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # e.g. a read-only file system, where nothing was created anyway
+        pass
 
 
 def output_error(path: Path, err: OSError):
@@ -50,8 +57,7 @@ def check_writable(folder: Path) -> None:
     probe = temporary_sibling(folder / "write-probe")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError as err:
         raise output_error(folder, err) from None
-    finally:
-        probe.unlink(missing_ok=True)
+    probe.unlink()

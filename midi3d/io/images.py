@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,11 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise
     except UnidentifiedImageError:
         raise InputError(f"{path}: not an image (unrecognised format)") from None
-    except Image.DecompressionBombError:
-        raise InputError(f"{path}: image exceeds Pillow's decompression-bomb limit of "
-                         f"{2 * Image.MAX_IMAGE_PIXELS} pixels") from None
+    except Image.DecompressionBombError as err:  # Pillow refuses the header itself above its own limit
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{found.group(1)} pixels" if found else "too many pixels"
+        limit = min(max_pixels, 2 * (Image.MAX_IMAGE_PIXELS or max_pixels))
+        raise InputError(f"{path}: image of {size} exceeds the limit of {limit} pixels") from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise InputError(f"{path}: unreadable image ({err})") from None
 
