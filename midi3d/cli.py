@@ -119,7 +119,7 @@ def generate(
     """Generate a 3D scene (one mesh per instance) from an image and its instance label map."""
     from .geometry.postprocess import PostprocessConfig
     from .io.errors import InputError, OutputError
-    from .io.files import check_writable
+    from .io.files import check_writable, remove_stale_temporaries
     from .io.paths import child_path
     from .models.checkpoint import CheckpointError
     from .models.transformers.midi_transformer import parse_layer_list
@@ -179,6 +179,8 @@ def generate(
         check_writable(out_dir if input.is_dir() else out_path.parent)
     except OutputError as err:
         _fail(str(err))
+    if input.is_dir():
+        remove_stale_temporaries(out_dir)  # left by a run that was killed while writing
     torch_dtype = _torch_dtype(dtype, device)
     try:
         pipe = _load_pipeline(model, torch_dtype, device, layers, trust_pickle, quiet, lora, lora_scale)
@@ -482,13 +484,16 @@ def evaluate(
     from .eval.runner import EvalOptions, ResultLog, export_ground_truth, load_prediction, run, summarise
     from .eval.runner import summary_rows, write_summary
     from .io.errors import OutputError
-    from .io.files import check_writable
+    from .io.files import check_writable, remove_stale_temporaries
 
     _setup_logging(quiet)
     try:
         check_writable(export_gt if export_gt is not None else out)
     except OutputError as err:
         _fail(str(err))
+    for folder in (export_gt, out, out / "visuals"):
+        if folder is not None:
+            remove_stale_temporaries(folder)
     if dataset not in DATASETS:
         _fail(f"--dataset {dataset}: use one of {', '.join(DATASETS)}")
     if max_objects is None:

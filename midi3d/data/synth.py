@@ -35,7 +35,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from ..io.files import write_atomic
+from ..io.files import remove_stale_temporaries, write_atomic
 from .furniture import FLOOR_FURNITURE, SMALL_FURNITURE, SUPPORTS
 
 RENDER, SCENE, SURFACE = "3D-FRONT-RENDER", "3D-FRONT-SCENE", "3D-FRONT-SURFACE"
@@ -285,6 +285,7 @@ def generate_dataset(root: str | Path, scenes: int, config: SynthConfig, jobs: i
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(root)  # a killed run's half-written JSON; its staging folders go below
     house = f"synth-{config.seed}"
     _write_json(root / "synth_config.json", asdict(config) | {"scenes": scenes})
     results: dict[int, dict] = {}

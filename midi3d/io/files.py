@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -61,3 +62,18 @@ def check_writable(folder: Path) -> None:
     except OSError as err:
         raise output_error(folder, err) from None
     probe.unlink()
+
+
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporaries (``.NAME.<12 hex>.tmp``) that a killed writer left in ``folder``;
+    returns how many. Only names of exactly that pattern are touched."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    stale = [p for p in folder.iterdir() if p.is_file() and _TEMPORARY.match(p.name)]
+    for path in stale:
+        _remove_quietly(path)
+    return len(stale)
