@@ -19,7 +19,7 @@ from ..io.errors import InputError
 from ..models.checkpoint import CheckpointError
 from ..io.labelmap import instance_ids
 from .session import (DemoLimits, SessionFolders, generate_outputs, load_label_upload, load_scene_image,
-                      merge_instances, preview, remove_instances)
+                      merge_instances, preview, remove_instances, sweep_empty_uploads)
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ class DemoConfig:
     sam_checkpoint: Path | None = None  # or MIDI3D_SAM_CHECKPOINT
     work_dir: Path | None = None        # per-session folders are made under it (default: system temp)
     resolution: int = 256               # mesh extraction grid
+    cache_ttl_s: int = 240              # Gradio deletes uploads and results older than this (checked every ttl/2)
 
 
 def _examples() -> list[list[str]]:
@@ -79,10 +80,25 @@ class DemoBackend:
         # not copied once more per request, so replacing a session's result frees its files.
         from gradio.utils import get_upload_folder
 
-        self.folders = SessionFolders.create(config.work_dir or get_upload_folder())
+        self.upload_folder = Path(get_upload_folder())
+        self.folders = SessionFolders.create(config.work_dir or self.upload_folder)
         self.lock = threading.Lock()
         self._pipe = pipe
         self._sam = None
+        self._stop = threading.Event()
+
+    def start_sweeper(self) -> None:
+        """Every ``cache_ttl_s / 2``: remove the empty upload stubs Gradio leaves behind."""
+        ttl = max(2, self.config.cache_ttl_s)
+
+        def sweep() -> None:
+            while not self._stop.wait(ttl / 2):
+                sweep_empty_uploads(self.upload_folder, ttl)
+
+        threading.Thread(target=sweep, name="midi3d-upload-sweeper", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
 
     @property
     def pipe(self):
@@ -233,7 +249,8 @@ def build_demo(config: DemoConfig, pipe=None):
         scene, objects, summary = backend.generate(session, rgb, labels, steps, guidance, seed, layers)
         return str(scene), str(scene), str(objects), summary
 
-    with gr.Blocks(title="midi3d", delete_cache=(120, 240)) as page:
+    ttl = max(2, config.cache_ttl_s)
+    with gr.Blocks(title="midi3d", delete_cache=(ttl // 2, ttl)) as page:
         gr.Markdown("## midi3d: one photo → 3D objects in one scene\nUpload a scene photo, choose the objects, "
                     "generate, then view and download the meshes.")
         labels_state = gr.State(None)
@@ -309,6 +326,7 @@ def launch(config: DemoConfig, host: str = "127.0.0.1", port: int = 7860, share:
            prevent_thread_lock: bool = False, pipe=None):
     """Build, queue (one generation at a time, bounded waiting line) and serve the demo."""
     page = build_demo(config, pipe)
+    page.backend.start_sweeper()
     page.queue(max_size=config.limits.queue_size, default_concurrency_limit=1)
     page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
                 max_file_size=int(config.limits.max_upload_mb * 1024 * 1024), show_error=True, quiet=True)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import shutil
+import stat
 import tempfile
 import threading
+import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +140,22 @@ class SessionFolders:
 
     def close(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def sweep_empty_uploads(folder: Path, older_than_s: float) -> int:
+    """Remove the zero-byte ``tmp*`` files older than ``older_than_s`` at the top of Gradio's upload
+    folder: Gradio (6.x) leaves one per uploaded file and its ``delete_cache`` never removes them.
+    Returns how many were removed."""
+    removed, now = 0, time.time()
+    for path in Path(folder).glob("tmp*"):
+        try:
+            info = path.lstat()
+            if stat.S_ISREG(info.st_mode) and info.st_size == 0 and now - info.st_mtime > older_than_s:
+                path.unlink()
+                removed += 1
+        except OSError:  # gone already, or not ours to remove
+            continue
+    return removed
 
 
 def generate_outputs(pipe, rgb: np.ndarray, labels: np.ndarray, options, folder: Path) -> tuple[Path, Path, str]:

@@ -428,6 +428,9 @@ def demo(
     max_side: int = typer.Option(2048, "--max-side", help="Largest accepted image side, in pixels."),
     max_instances: int = typer.Option(16, "--max-instances"),
     queue_size: int = typer.Option(8, "--queue-size", help="Waiting generations beyond the running one."),
+    resolution: int = typer.Option(256, "--resolution", help="Mesh extraction grid (cells per axis, power of two)."),
+    cache_ttl: int = typer.Option(240, "--cache-ttl", min=2,
+                                  help="Seconds before Gradio deletes uploads and results of past requests."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Serve the Gradio demo (one generation at a time, bounded queue)."""
@@ -441,7 +444,10 @@ def demo(
                         queue_size=queue_size)
     if not quiet:
         console.print(f"midi3d demo on http://{host}:{port} (Ctrl+C to stop)", highlight=False)
-    launch(DemoConfig(limits, model=model, sam_checkpoint=sam_checkpoint), host=host, port=port, share=share)
+    if resolution < 8 or resolution & (resolution - 1):
+        _fail(f"--resolution {resolution}: must be a power of two >= 8")
+    launch(DemoConfig(limits, model=model, sam_checkpoint=sam_checkpoint, resolution=resolution, cache_ttl_s=cache_ttl),
+           host=host, port=port, share=share)
 
 
 class IcpMode(str, Enum):
