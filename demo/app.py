@@ -9,6 +9,7 @@ API endpoints (``gradio_client``): ``/segment`` (image, mode, points, boxes → 
 import functools
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -85,20 +86,18 @@ class DemoBackend:
         self.lock = threading.Lock()
         self._pipe = pipe
         self._sam = None
-        self._stop = threading.Event()
 
     def start_sweeper(self) -> None:
-        """Every ``cache_ttl_s / 2``: remove the empty upload stubs Gradio leaves behind."""
+        """Every ``cache_ttl_s / 2``: remove the empty upload stubs Gradio leaves behind (a daemon
+        thread: it ends with the server process)."""
         ttl = max(2, self.config.cache_ttl_s)
 
         def sweep() -> None:
-            while not self._stop.wait(ttl / 2):
+            while True:
+                time.sleep(ttl / 2)
                 sweep_empty_uploads(self.upload_folder, ttl)
 
         threading.Thread(target=sweep, name="midi3d-upload-sweeper", daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
 
     @property
     def pipe(self):

@@ -442,10 +442,10 @@ def demo(
         _fail(f"{model}: not a pipeline folder (no model_index.json)")
     limits = DemoLimits(max_upload_mb=max_upload_mb, max_side=max_side, max_instances=max_instances,
                         queue_size=queue_size)
-    if not quiet:
-        console.print(f"midi3d demo on http://{host}:{port} (Ctrl+C to stop)", highlight=False)
     if resolution < 8 or resolution & (resolution - 1):
         _fail(f"--resolution {resolution}: must be a power of two >= 8")
+    if not quiet:
+        console.print(f"midi3d demo on http://{host}:{port} (Ctrl+C to stop)", highlight=False)
     launch(DemoConfig(limits, model=model, sam_checkpoint=sam_checkpoint, resolution=resolution, cache_ttl_s=cache_ttl),
            host=host, port=port, share=share)
 
@@ -486,6 +486,8 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Score a method on 3D-Front or BlendSwap (CD, F-Score, IoU-B at scene and object level)."""
+    import os
+
     from .data.datasets import DATASETS, ObjectFilter
     from .eval.runner import EvalOptions, ResultLog, export_ground_truth, load_prediction, run, summarise
     from .eval.runner import summary_rows, write_summary
@@ -497,9 +499,10 @@ def evaluate(
         check_writable(export_gt if export_gt is not None else out)
     except OutputError as err:
         _fail(str(err))
-    for folder in (export_gt, out, out / "visuals"):
-        if folder is not None:
-            remove_stale_temporaries(folder)
+    if os.environ.get("RANK", "0") == "0":  # one process of an accelerate launch cleans up
+        for folder in (export_gt, out, out / "visuals"):
+            if folder is not None:
+                remove_stale_temporaries(folder)
     if dataset not in DATASETS:
         _fail(f"--dataset {dataset}: use one of {', '.join(DATASETS)}")
     if max_objects is None:
