@@ -51,7 +51,7 @@ def demo_server(tmp_path):
     env = {**os.environ, "GRADIO_TEMP_DIR": str(cache), "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     process = subprocess.Popen([sys.executable, "-m", "midi3d", "demo", "--port", str(port), "--model", str(model),
                                 "--queue-size", str(QUEUE), "--resolution", "32", "--cache-ttl", str(TTL), "-q"],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
     while True:

@@ -25,7 +25,8 @@ def generate(out: Path, seed: int, threads: int = 2) -> dict[str, np.ndarray]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run([sys.executable, "-m", "midi3d", "generate", str(EXAMPLES / "room-5_rgb.png"), "--seg",
                            str(EXAMPLES / "room-5_seg.png"), "-o", str(out), "--seed", str(seed), *SETTINGS],
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, cwd=out.parent, capture_output=True, text=True, timeout=600)
+    # cwd: not the repository root, where `-m midi3d` would import the source tree, not the install
     assert done.returncode == 0, done.stderr[-2000:]
     return vertices_by_node(out)
 
