@@ -17,9 +17,9 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -329,9 +329,6 @@ def test_pickled_weights_refused_then_loaded_only_with_weights_only(saved_pipe, 
     with pytest.raises(CheckpointError, match=r"diffusion_pytorch_model\.bin: unreadable weights"):
         MIDIPipeline.from_pretrained(saved_pipe, allow_pickle=True)
     assert not marker.exists()  # weights_only=True refused the call; nothing ran
-
-    code, output = generate("x.png", "--model", saved_pipe)  # the CLI path: input checked first
-    assert code == 2
 
 
 def test_pickle_refused_on_the_command_line(saved_pipe, tmp_path):

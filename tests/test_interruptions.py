@@ -84,7 +84,7 @@ def test_generate_on_a_folder(dataset, model_dir, tmp_path):
     out = tmp_path / "out"
     command = [*MIDI3D, "generate", str(dataset / "pairs"), "-o", str(out), "--model", str(model_dir),
                "--steps", "2", "--resolution", "64", "--quiet"]
-    outputs = lambda: sorted(out.glob("*.glb")) if out.is_dir() else []  # noqa: E731
+    outputs = lambda: sorted(out.glob("*.glb")) if out.is_dir() else []
     kept: dict[str, tuple[int, int]] = {}
     for target in sorted(rng.sample(range(1, ROOMS), 2)):
         kill_when(command, lambda: len(outputs()), target, rng, tmp_path)
@@ -140,7 +140,7 @@ def test_synth(tmp_path):
     command = [*MIDI3D, "synth", "--out", str(root), "--scenes", str(rooms), "--seed", "5", "--image-size", "64",
                "--surface-points", "512", "--jobs", "1", "--quiet"]
     house = root / RENDER / "synth-5"
-    finished = lambda: sorted(house.iterdir()) if house.is_dir() else []  # noqa: E731
+    finished = lambda: sorted(house.iterdir()) if house.is_dir() else []
 
     def check_complete(room: Path) -> None:
         Image.open(room / "render_0000.webp").load()
