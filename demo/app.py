@@ -33,7 +33,7 @@ class DemoConfig:
     model: Path | None = None           # pipeline folder; None = the embedded model
     sam_checkpoint: Path | None = None  # or MIDI3D_SAM_CHECKPOINT
     work_dir: Path | None = None        # per-session folders are made under it (default: system temp)
-    resolution: int = 256               # mesh extraction grid
+    resolution: int | None = None       # mesh extraction grid (None: 128 embedded, 256 with a model folder)
     cache_ttl_s: int = 240              # Gradio deletes uploads and results older than this (checked every ttl/2)
 
 
@@ -100,6 +100,12 @@ class DemoBackend:
         threading.Thread(target=sweep, name="midi3d-upload-sweeper", daemon=True).start()
 
     @property
+    def resolution(self) -> int:
+        from ..embedded import default_resolution
+
+        return self.config.resolution or default_resolution(self.config.model)
+
+    @property
     def pipe(self):
         if self._pipe is None:
             from ..embedded import load_embedded_pipeline
@@ -157,7 +163,7 @@ class DemoBackend:
             pipe.transformer.set_multi_instance_layers(chosen)
             folder = self.folders.fresh(session)
             options = GenerateOptions(steps=int(steps), guidance=float(guidance), seed=int(seed),
-                                      extraction=ExtractionOptions(resolution=self.config.resolution))
+                                      extraction=ExtractionOptions(resolution=self.resolution))
             try:
                 return generate_outputs(pipe, rgb, labels, options, folder)
             finally:

@@ -100,7 +100,8 @@ def generate(
     device: str = typer.Option("cpu", "--device"),
     dtype: DType = typer.Option(DType.float32, "--dtype"),
     extract: Extract = typer.Option(Extract.hierarchical, "--extract", help="Mesh extraction mode."),
-    resolution: int = typer.Option(256, "--resolution", help="Effective grid resolution (cells per axis)."),
+    resolution: int | None = typer.Option(None, "--resolution", help="Effective grid resolution (cells per axis); "
+                                          "default 128 with the embedded model, 256 with a --model folder."),
     smooth: bool = typer.Option(False, "--smooth", help="Official 3x3x3 mean-filter smoothing (dense only)."),
     faces: int = typer.Option(0, "--faces", min=0, help="Decimate each mesh to this many faces (0 = keep)."),
     no_postprocess: bool = typer.Option(False, "--no-postprocess", help="Skip the mesh clean-up."),
@@ -118,6 +119,7 @@ def generate(
 ) -> None:
     """Generate a 3D scene (one mesh per instance) from an image and its instance label map."""
     from .geometry.postprocess import PostprocessConfig
+    from .embedded import default_resolution
     from .io.errors import InputError, OutputError
     from .io.files import check_writable, remove_stale_temporaries
     from .io.paths import child_path
@@ -133,6 +135,7 @@ def generate(
         _fail(f"--format {fmt}: use one of {', '.join(EXPORT_FORMATS)}")
     if extract is Extract.hierarchical and smooth:
         _fail("--smooth applies to --extract dense only")
+    resolution = resolution or default_resolution(model)
     if resolution < 8 or resolution & (resolution - 1):
         _fail(f"--resolution {resolution}: must be a power of two >= 8")
     try:
@@ -428,7 +431,8 @@ def demo(
     max_side: int = typer.Option(2048, "--max-side", help="Largest accepted image side, in pixels."),
     max_instances: int = typer.Option(16, "--max-instances"),
     queue_size: int = typer.Option(8, "--queue-size", help="Waiting generations beyond the running one."),
-    resolution: int = typer.Option(256, "--resolution", help="Mesh extraction grid (cells per axis, power of two)."),
+    resolution: int | None = typer.Option(None, "--resolution", help="Mesh extraction grid (cells per axis, power "
+                                          "of two); default 128 with the embedded model, 256 with --model."),
     cache_ttl: int = typer.Option(240, "--cache-ttl", min=2,
                                   help="Seconds before Gradio deletes uploads and results of past requests."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -442,7 +446,7 @@ def demo(
         _fail(f"{model}: not a pipeline folder (no model_index.json)")
     limits = DemoLimits(max_upload_mb=max_upload_mb, max_side=max_side, max_instances=max_instances,
                         queue_size=queue_size)
-    if resolution < 8 or resolution & (resolution - 1):
+    if resolution is not None and (resolution < 8 or resolution & (resolution - 1)):
         _fail(f"--resolution {resolution}: must be a power of two >= 8")
     if not quiet:
         console.print(f"midi3d demo on http://{host}:{port} (Ctrl+C to stop)", highlight=False)
@@ -479,7 +483,8 @@ def evaluate(
     seed: int = typer.Option(42, "--seed"),
     extract: Extract = typer.Option(Extract.hierarchical, "--extract",
                                     help="hierarchical, or dense for the strict official protocol."),
-    resolution: int = typer.Option(256, "--resolution"),
+    resolution: int | None = typer.Option(None, "--resolution",
+                                          help="Meshing grid; default 128 with the embedded model, 256 with --model."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run scenes that failed before."),
     save_visuals: bool = typer.Option(False, "--save-visuals",
                                       help="Write OUT/visuals/<key>.png: input, masks, prediction, ground truth."),
@@ -543,6 +548,9 @@ def evaluate(
         from .pipelines.pipeline_midi import ExtractionOptions
         from .pipelines.scene import GenerateOptions, SceneInputs, generate_scene
 
+        from .embedded import default_resolution
+
+        resolution = resolution or default_resolution(model)
         try:
             pipe = _load_pipeline(model, _torch_dtype(DType.float32, "cpu"), "cpu", None, False, True)
         except ValueError as err:
