@@ -15,7 +15,8 @@ def safe_name(name: str, source: str | Path) -> str:
     Refused: empty names, ``.`` and ``..``, path separators, NUL and other control characters.
     ``source`` is the file the name came from (for the message).
     """
-    if not name or name in (".", "..") or any(c in _FORBIDDEN or ord(c) < 32 for c in name):
+    if not isinstance(name, str) or not name or name in (".", "..") or any(
+            c in _FORBIDDEN or ord(c) < 32 for c in name):
         raise InputError(f"{source}: name {name!r} cannot be used as a file name (path separators, "
                          "'..' or control characters)")
     return name
@@ -33,6 +34,8 @@ def child_path(folder: str | Path, name: str, source: str | Path) -> Path:
 def relative_inside(root: str | Path, relative: str, source: str | Path) -> Path:
     """``root / relative`` for a relative path read from a dataset file (e.g. ``house/room``),
     refusing absolute paths and ``..`` components that would leave ``root``."""
+    if not isinstance(relative, str):
+        raise InputError(f"{source}: entry {relative!r} is not a path")
     parts = relative.replace("\\", "/").split("/")
     if relative.startswith(("/", "\\")) or any(p in ("", ".", "..") for p in parts) or any(
             ord(c) < 32 for c in relative):
