@@ -176,6 +176,15 @@ def test_cmyk_jpeg_becomes_rgb(tmp_path):
     assert np.abs(rgb.astype(int) - SCENE).mean() < 20  # JPEG loss only, not inverted channels
 
 
+def test_multi_picture_camera_jpeg_reads_its_first_frame(tmp_path):
+    """MPO files (phones and stereo cameras) hold the photo first and a second picture after it:
+    not an animation, so they are read, not refused."""
+    Image.fromarray(SCENE).save(tmp_path / "camera.mpo", format="MPO", save_all=True,
+                                append_images=[Image.fromarray(255 - SCENE)])
+    rgb = load_rgb(tmp_path / "camera.mpo")
+    assert np.abs(rgb.astype(int) - SCENE).mean() < 20  # the first frame (JPEG loss only), not the second
+
+
 def test_exif_rotation_is_applied(tmp_path):
     image = Image.fromarray(SCENE)
     exif = image.getexif()

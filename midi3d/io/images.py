@@ -35,7 +35,7 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
             if width < 2 or height < 2:
                 raise InputError(f"{path}: image of {width}x{height} pixels is too small")
             frames = getattr(handle, "n_frames", 1)
-            if frames > 1:
+            if frames > 1 and handle.format != "MPO":  # MPO: camera JPEGs whose first frame is the photo
                 raise InputError(f"{path}: animated or multi-page image ({frames} frames); save the wanted frame "
                                  "as a still image")
             image = ImageOps.exif_transpose(handle)
