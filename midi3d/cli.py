@@ -38,6 +38,22 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
+def _require_writable(folder: Path) -> None:
+    """Fail now, before any long work, when ``folder`` cannot take files."""
+    from .io.errors import OutputError
+    from .io.files import check_writable
+
+    try:
+        check_writable(folder)
+    except OutputError as err:
+        _fail(str(err))
+
+
+def _check_resolution(resolution: int) -> None:
+    if resolution < 8 or resolution & (resolution - 1):
+        _fail(f"--resolution {resolution}: must be a power of two >= 8")
+
+
 def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_time=False, show_path=False)], force=True)
@@ -121,7 +137,7 @@ def generate(
     from .geometry.postprocess import PostprocessConfig
     from .embedded import default_resolution
     from .io.errors import InputError, OutputError
-    from .io.files import check_writable, remove_stale_temporaries
+    from .io.files import remove_stale_temporaries
     from .io.paths import child_path
     from .models.checkpoint import CheckpointError
     from .models.transformers.midi_transformer import parse_layer_list
@@ -136,8 +152,7 @@ def generate(
     if extract is Extract.hierarchical and smooth:
         _fail("--smooth applies to --extract dense only")
     resolution = resolution or default_resolution(model)
-    if resolution < 8 or resolution & (resolution - 1):
-        _fail(f"--resolution {resolution}: must be a power of two >= 8")
+    _check_resolution(resolution)
     try:
         layers = parse_layer_list(mi_layers)
     except ValueError:
@@ -178,10 +193,7 @@ def generate(
         except (InputError, ValueError) as err:
             _fail(str(err))
 
-    try:
-        check_writable(out_dir if input.is_dir() else out_path.parent)
-    except OutputError as err:
-        _fail(str(err))
+    _require_writable(out_dir if input.is_dir() else out_path.parent)
     if input.is_dir():
         remove_stale_temporaries(out_dir)  # left by a run that was killed while writing
     torch_dtype = _torch_dtype(dtype, device)
@@ -351,18 +363,13 @@ def synth(
     import os
 
     from .data.synth import SynthConfig, generate_dataset
-    from .io.errors import OutputError
-    from .io.files import check_writable
 
     _setup_logging(quiet)
     if out.exists() and not out.is_dir():
         _fail(f"{out}: exists and is not a folder")
     if frame not in ("view", "world"):
         _fail(f"--frame must be 'view' or 'world', got {frame!r}")
-    try:
-        check_writable(out)
-    except OutputError as err:
-        _fail(str(err))
+    _require_writable(out)
     config = SynthConfig(seed=seed, views=views, image_size=image_size, surface_points=surface_points, frame=frame)
     start = time.perf_counter()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -389,7 +396,6 @@ def train(
 ) -> None:
     """Train the shape VAE or the diffusion transformer (full, or LoRA), resumably, on accelerate."""
     from .io.errors import OutputError
-    from .io.files import check_writable
     from .models.checkpoint import CheckpointError
     from .training.config import load_train_config
     from .training.run import run_training
@@ -402,10 +408,7 @@ def train(
         _fail(str(err))
     if not data.is_dir():
         _fail(f"{data}: dataset folder not found")
-    try:
-        check_writable(out)
-    except OutputError as err:
-        _fail(str(err))
+    _require_writable(out)
     if threads:
         import torch
 
@@ -446,8 +449,8 @@ def demo(
         _fail(f"{model}: not a pipeline folder (no model_index.json)")
     limits = DemoLimits(max_upload_mb=max_upload_mb, max_side=max_side, max_instances=max_instances,
                         queue_size=queue_size)
-    if resolution is not None and (resolution < 8 or resolution & (resolution - 1)):
-        _fail(f"--resolution {resolution}: must be a power of two >= 8")
+    if resolution is not None:
+        _check_resolution(resolution)
     if not quiet:
         console.print(f"midi3d demo on http://{host}:{port} (Ctrl+C to stop)", highlight=False)
     launch(DemoConfig(limits, model=model, sam_checkpoint=sam_checkpoint, resolution=resolution, cache_ttl_s=cache_ttl),
@@ -497,13 +500,10 @@ def evaluate(
     from .eval.runner import EvalOptions, ResultLog, export_ground_truth, load_prediction, run, summarise
     from .eval.runner import summary_rows, write_summary
     from .io.errors import OutputError
-    from .io.files import check_writable, remove_stale_temporaries
+    from .io.files import remove_stale_temporaries
 
     _setup_logging(quiet)
-    try:
-        check_writable(export_gt if export_gt is not None else out)
-    except OutputError as err:
-        _fail(str(err))
+    _require_writable(export_gt if export_gt is not None else out)
     if os.environ.get("RANK", "0") == "0":  # one process of an accelerate launch cleans up
         for folder in (export_gt, out, out / "visuals"):
             if folder is not None:

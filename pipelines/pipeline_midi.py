@@ -7,7 +7,6 @@ Reads and writes the official MIDI-3D pipeline folder layout. Readable top to bo
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,13 +22,13 @@ from PIL import Image
 
 from ..geometry.extraction import GridResult, dense_grids, extract_meshes
 from ..geometry.postprocess import PostprocessConfig, postprocess_mesh
+from ..io.files import write_folder_atomic
 from ..models.autoencoders.shape_vae import ShapeVAE
 from ..models.checkpoint import (
     CheckpointError,
     load_weights_strict,
     read_json,
     save_weights,
-    temporary_sibling,
     weight_files,
     write_json,
 )
@@ -207,22 +206,7 @@ class MIDIPipeline(DiffusionPipeline):
     def save_pretrained(self, folder: str | Path, **_: object) -> None:
         """Write the official layout (official class names) atomically: a temporary sibling folder
         is filled, then swapped in, so an existing folder is never left half-written."""
-        folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_sibling(folder)
-        tmp.mkdir()
-        try:
-            self._write_folder(tmp)
-            if folder.exists():
-                backup = temporary_sibling(folder)
-                folder.rename(backup)
-                tmp.rename(folder)
-                shutil.rmtree(backup)
-            else:
-                tmp.rename(folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        write_folder_atomic(Path(folder), self._write_folder)
 
     def _write_folder(self, folder: Path) -> None:
         import diffusers

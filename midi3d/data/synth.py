@@ -35,7 +35,7 @@ import numpy as np
 import trimesh
 from PIL import Image
 
-from ..io.files import remove_stale_temporaries, write_atomic
+from ..io.files import remove_stale_temporaries, replace_folder, write_atomic
 from .furniture import FLOOR_FURNITURE, SMALL_FURNITURE, SUPPORTS
 
 RENDER, SCENE, SURFACE = "3D-FRONT-RENDER", "3D-FRONT-SCENE", "3D-FRONT-SURFACE"
@@ -258,20 +258,13 @@ def generate_scene(root: Path, house: str, index: int, config: SynthConfig) -> d
     for name, data in pairs:
         (staging / name).write_bytes(data)
     for folder in (SURFACE, SCENE):
-        _move_into_place(staging / folder, root / folder / house / room)
+        replace_folder(staging / folder, root / folder / house / room)
     (root / "pairs").mkdir(exist_ok=True)
     for name, _ in pairs:
         os.replace(staging / name, root / "pairs" / name)
-    _move_into_place(staging / RENDER, root / RENDER / house / room)  # last: its presence marks a finished room
+    replace_folder(staging / RENDER, root / RENDER / house / room)  # last: its presence marks a finished room
     shutil.rmtree(staging, ignore_errors=True)
     return {"room": f"{house}/{room}", "objects": [o.name for o in objects]}
-
-
-def _move_into_place(staged: Path, target: Path) -> None:
-    """Replace ``target`` by the finished folder ``staged`` (a rename: never half-visible)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staged, target)
 
 
 def _write_json(path: Path, data) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import OutputError
@@ -64,16 +66,46 @@ def check_writable(folder: Path) -> None:
     probe.unlink()
 
 
+def replace_folder(staged: Path, target: Path) -> None:
+    """Put the finished folder ``staged`` at ``target`` (same file system). An existing ``target``
+    is renamed away first and removed afterwards, so it is never seen half-replaced."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        backup = temporary_sibling(target)
+        target.rename(backup)
+        staged.rename(target)
+        shutil.rmtree(backup)
+    else:
+        staged.rename(target)
+
+
+def write_folder_atomic(folder: Path, fill: Callable[[Path], None]) -> None:
+    """Let ``fill`` write a temporary sibling folder, then swap it in for ``folder``; on any
+    failure the temporary is removed and ``folder`` is left as it was."""
+    folder = Path(folder)
+    tmp = temporary_sibling(folder)
+    tmp.mkdir(parents=True)
+    try:
+        fill(tmp)
+        replace_folder(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 
 
 def remove_stale_temporaries(folder: Path) -> int:
-    """Delete the temporaries (``.NAME.<12 hex>.tmp``) that a killed writer left in ``folder``;
-    returns how many. Only names of exactly that pattern are touched."""
+    """Delete the temporaries (``.NAME.<12 hex>.tmp`` files or folders) that a killed writer left
+    in ``folder``; returns how many. Only names of exactly that pattern are touched."""
     folder = Path(folder)
     if not folder.is_dir():
         return 0
-    stale = [p for p in folder.iterdir() if p.is_file() and _TEMPORARY.match(p.name)]
+    stale = [p for p in folder.iterdir() if _TEMPORARY.match(p.name)]
     for path in stale:
-        _remove_quietly(path)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            _remove_quietly(path)
     return len(stale)

@@ -123,17 +123,22 @@ def load_weights_strict(module: nn.Module, folder: Path, stem: str, dtype: torch
     module.load_state_dict(state, strict=True, assign=True)
 
 
-def save_weights(module: nn.Module, folder: Path, stem: str) -> None:
-    """Save a module's state dict as one safetensors file (atomically)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    target = folder / f"{stem}.safetensors"
-    tmp = temporary_sibling(target)
+def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write a safetensors file through a temporary sibling and a rename; an ``OSError`` becomes
+    an :class:`~midi3d.io.errors.OutputError` naming ``path``."""
+    path = Path(path)
+    tmp = temporary_sibling(path)
     try:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
         if isinstance(err, OSError):
-            raise output_error(target, err) from None
+            raise output_error(path, err) from None
         raise
+
+
+def save_weights(module: nn.Module, folder: Path, stem: str) -> None:
+    """Save a module's state dict as one safetensors file (atomically)."""
+    save_tensors_atomic(folder / f"{stem}.safetensors", module.state_dict(), metadata={"format": "pt"})

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..io.files import temporary_sibling, write_atomic
+from ..io.files import write_atomic, write_folder_atomic
 from .checkpoint import CheckpointError, read_json
 
 ADAPTER_NAME = "default"
@@ -42,8 +42,6 @@ def add_lora(transformer: torch.nn.Module, settings) -> None:
 
 def save_lora(transformer: torch.nn.Module, folder: str | Path) -> None:
     """Write the adapter folder atomically."""
-    import shutil
-
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
@@ -51,17 +49,11 @@ def save_lora(transformer: torch.nn.Module, folder: str | Path) -> None:
     config = transformer.peft_config[ADAPTER_NAME].to_dict()
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items() if k in CONFIG_KEYS}
     state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME).items()}
-    tmp = temporary_sibling(folder)
-    tmp.mkdir(parents=True)
-    try:
+    def fill(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_FILE))
         write_atomic(tmp / CONFIG_FILE, (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder_atomic(folder, fill)
 
 
 def load_lora(transformer: torch.nn.Module, folder: str | Path, scale: float = 1.0) -> None:

@@ -32,6 +32,7 @@ from ..io.files import write_atomic
 from ..io.images import load_rgb
 from ..io.labelmap import instance_ids, read_label_map
 from ..io.paths import relative_inside, safe_name
+from ..models.checkpoint import save_tensors_atomic
 from .sdf import query_points, signed_distance
 
 logger = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def _room_job(args):
 def build_cache(root: str | Path, cache_dir: str | Path, settings: CacheSettings, jobs: int = 0,
                 progress=None) -> TrainingCache:
     """Build (or reuse) the cache of every room under ``root`` in ``cache_dir``."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     root, cache_dir = Path(root), Path(cache_dir)
     path = cache_dir / f"cache-{settings.digest()}.safetensors"
@@ -194,11 +195,8 @@ def build_cache(root: str | Path, cache_dir: str | Path, settings: CacheSettings
         "scene_pixels": torch.from_numpy(np.stack([r["scene_pixels"] for _, r in kept])),
         "scene_offsets": torch.from_numpy(offsets),
     }
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    save_tensors_atomic(path, tensors)  # then the index: the pair is used only when both exist
     write_atomic(index_path, (json.dumps({"rooms": [room for room, _ in kept], "settings": settings.__dict__,
                                           "root": str(root)}, indent=1) + "\n").encode())
-    os.replace(tmp, path)
     write_atomic(cache_dir / "skipped.jsonl", "".join(json.dumps(s) + "\n" for s in skipped).encode())
     return TrainingCache(**tensors, rooms=[room for room, _ in kept])

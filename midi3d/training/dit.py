@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.checkpoint import save_tensors_atomic
 from ..models.factory import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from ..models.image_encoders import encode_clip, encode_dino
 from .cache import TrainingCache
@@ -54,7 +55,7 @@ def encode_latents(vae, surface: torch.Tensor, num_tokens: int, chunk: int = 64)
 
 def cached_latents(vae, cache: TrainingCache, num_tokens: int, out_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Encode once; reuse ``latents-<digest>.safetensors`` when the VAE weights are the same."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     digest = hashlib.sha256()
     for name, tensor in sorted(vae.state_dict().items()):
@@ -66,10 +67,7 @@ def cached_latents(vae, cache: TrainingCache, num_tokens: int, out_dir: Path) ->
         data = load_file(str(path))
         return data["mean"], data["std"]
     mean, std = encode_latents(vae, cache.surface, num_tokens)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"mean": mean.contiguous(), "std": std.contiguous()}, str(tmp))
-    tmp.replace(path)
+    save_tensors_atomic(path, {"mean": mean, "std": std})
     return mean, std
 
 

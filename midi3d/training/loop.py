@@ -9,7 +9,6 @@ weights, optimiser moments and EMA weights needs saving.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..io.files import remove_stale_temporaries
 from .config import TrainConfig, config_dict
 from .state import MetricsLog, latest_checkpoint, load_optimizer, read_checkpoint, save_checkpoint
 
@@ -77,11 +77,8 @@ def train(task: TrainTask, config: TrainConfig, out_dir: Path, ema_decay: float 
                                   weight_decay=config.weight_decay)
     start, ema_state = 0, None
     if accelerator.is_main_process:  # staging folders of a run killed while saving (never under a final name)
-        for stale in [*(out_dir / "checkpoints").glob(".*.tmp"), *out_dir.glob(".*.tmp")]:
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
-            else:
-                stale.unlink(missing_ok=True)
+        remove_stale_temporaries(out_dir / "checkpoints")
+        remove_stale_temporaries(out_dir)
     accelerator.wait_for_everyone()
     checkpoint = latest_checkpoint(out_dir)
     if checkpoint is not None:
@@ -108,17 +105,18 @@ def train(task: TrainTask, config: TrainConfig, out_dir: Path, ema_decay: float 
                          f"world {world}, device {accelerator.device}, threads {torch.get_num_threads()}"
                          f"{f', resumed from {checkpoint.name}' if checkpoint is not None else ''}\n")
 
+    def write_model(folder: Path) -> None:
+        """The task's model folder, with the EMA weights when there are any."""
+        if ema is not None:
+            ema.swap()
+        try:
+            task.write_model(folder)
+        finally:
+            if ema is not None:
+                ema.swap()
+
     def save(step: int) -> None:
         if accelerator.is_main_process:
-            def write_model(folder: Path) -> None:
-                if ema is not None:
-                    ema.swap()
-                try:
-                    task.write_model(folder)
-                finally:
-                    if ema is not None:
-                        ema.swap()
-
             save_checkpoint(out_dir, step, write_model, dict(named), optimizer,
                             ema.shadow if ema is not None else None, config_dict(config), config.keep_checkpoints)
         accelerator.wait_for_everyone()
@@ -155,12 +153,6 @@ def train(task: TrainTask, config: TrainConfig, out_dir: Path, ema_decay: float 
             save(done)
     bar.close()
     if accelerator.is_main_process:
-        if ema is not None:
-            ema.swap()
-        try:
-            task.write_model(out_dir / "final")
-        finally:
-            if ema is not None:
-                ema.swap()
+        write_model(out_dir / "final")
     accelerator.wait_for_everyone()
     return {"step": config.max_steps, "loss": loss_value, "seconds": time.perf_counter() - started}

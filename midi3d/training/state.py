@@ -9,14 +9,13 @@ names the newest complete checkpoint; it is replaced atomically after the folder
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..io.files import temporary_sibling, write_atomic
+from ..io.files import write_atomic, write_folder_atomic
 from ..models.checkpoint import CheckpointError
 
 LATEST = "latest.json"
@@ -49,9 +48,9 @@ def save_checkpoint(out_dir: Path, step: int, write_model, trainable: dict[str, 
                     keep: int) -> Path:
     """Write ``checkpoints/step-<step>`` completely, then point ``latest.json`` at it."""
     folder = out_dir / "checkpoints" / f"step-{step:07d}"
-    tmp = temporary_sibling(folder)
-    (tmp / "state").mkdir(parents=True)
-    try:
+
+    def fill(tmp: Path) -> None:
+        (tmp / "state").mkdir()
         write_model(tmp)
         save_file({k: v.detach().contiguous() for k, v in trainable.items()}, str(tmp / "state" / "trainable.safetensors"))
         tensors, meta = optimizer_tensors(optimizer)
@@ -60,12 +59,8 @@ def save_checkpoint(out_dir: Path, step: int, write_model, trainable: dict[str, 
             save_file({k: v.detach().contiguous() for k, v in ema.items()}, str(tmp / "state" / "ema.safetensors"))
         (tmp / "state" / "state.json").write_text(json.dumps({"step": step, "config": config, "optimizer": meta},
                                                              indent=1, default=list) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    write_folder_atomic(folder, fill)
     write_atomic(out_dir / LATEST, (json.dumps({"step": step, "folder": str(folder.relative_to(out_dir))}) + "\n").encode())
     older = sorted((out_dir / "checkpoints").glob("step-*"))[:-keep] if keep > 0 else []
     for stale in older:
