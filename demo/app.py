@@ -180,6 +180,8 @@ def build_demo(config: DemoConfig, pipe=None):
     # leaves the heap corrupted and the process aborts at exit (measured: exit status 134).
     import pymeshlab  # noqa: F401
 
+    from ..embedded import default_guidance
+
     backend = DemoBackend(config, pipe)
 
     def guarded(fn):
@@ -284,7 +286,7 @@ def build_demo(config: DemoConfig, pipe=None):
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
                 steps = gr.Slider(1, 100, value=50, step=1, label="Steps")
-                guidance = gr.Slider(1.0, 15.0, value=7.0, step=0.5, label="Guidance")
+                guidance = gr.Slider(1.0, 15.0, value=default_guidance(config.model), step=0.5, label="Guidance")
                 seed = gr.Number(42, precision=0, label="Seed")
                 layers = gr.Textbox("default", label="Multi-instance layers (default, none, 2-6, …)")
         generate_button = gr.Button("Generate", variant="primary", elem_id="generate")

@@ -106,7 +106,8 @@ def generate(
                                        help="Output scene file (.glb/.obj/.ply), or folder in folder mode."),
     model: Path | None = typer.Option(None, "--model", help="Pipeline folder (official layout). Default: embedded."),
     steps: int = typer.Option(50, "--steps", min=1, help="Denoising steps."),
-    guidance: float = typer.Option(7.0, "--guidance", help="Classifier-free guidance scale (<= 1 disables it)."),
+    guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale (<= 1 disables "
+                                          "it); default 2 with the embedded model, 7 with a --model folder."),
     seed: int = typer.Option(42, "--seed"),
     mi_layers: str | None = typer.Option(None, "--mi-layers",
                                          help="Multi-instance blocks: '8-12', '8,9,10', 'none' or 'default'."),
@@ -135,7 +136,7 @@ def generate(
 ) -> None:
     """Generate a 3D scene (one mesh per instance) from an image and its instance label map."""
     from .geometry.postprocess import PostprocessConfig
-    from .embedded import default_resolution
+    from .embedded import default_guidance, default_resolution
     from .io.errors import InputError, OutputError
     from .io.files import remove_stale_temporaries
     from .io.paths import child_path
@@ -152,6 +153,7 @@ def generate(
     if extract is Extract.hierarchical and smooth:
         _fail("--smooth applies to --extract dense only")
     resolution = resolution or default_resolution(model)
+    guidance = default_guidance(model) if guidance is None else guidance
     _check_resolution(resolution)
     try:
         layers = parse_layer_list(mi_layers)
@@ -482,7 +484,8 @@ def evaluate(
     min_area: float = typer.Option(0.001, "--min-area", help="Drop objects whose mask covers <= this fraction."),
     points: int = typer.Option(20480, "--points", help="Surface samples per object."),
     steps: int = typer.Option(50, "--steps", min=1),
-    guidance: float = typer.Option(7.0, "--guidance"),
+    guidance: float | None = typer.Option(None, "--guidance",
+                                          help="Guidance scale; default 2 with the embedded model, 7 with --model."),
     seed: int = typer.Option(42, "--seed"),
     extract: Extract = typer.Option(Extract.hierarchical, "--extract",
                                     help="hierarchical, or dense for the strict official protocol."),
@@ -548,9 +551,10 @@ def evaluate(
         from .pipelines.pipeline_midi import ExtractionOptions
         from .pipelines.scene import GenerateOptions, SceneInputs, generate_scene
 
-        from .embedded import default_resolution
+        from .embedded import default_guidance, default_resolution
 
         resolution = resolution or default_resolution(model)
+        guidance = default_guidance(model) if guidance is None else guidance
         try:
             pipe = _load_pipeline(model, _torch_dtype(DType.float32, "cpu"), "cpu", None, False, True)
         except ValueError as err:

@@ -16,11 +16,20 @@ EMBEDDED_NAME = "midi3d-tiny"
 # writes 9.5 MB, 256³ takes 26.7 s and writes 38.6 MB (docs/results.md, "Speed").
 EMBEDDED_RESOLUTION = 128
 OFFICIAL_RESOLUTION = 256
+# Classifier-free guidance scale used when none is given. The official release samples at 7; the
+# small embedded model does better with less (chosen on the validation split, docs/results.md).
+EMBEDDED_GUIDANCE = 2.0
+OFFICIAL_GUIDANCE = 7.0
 
 
 def default_resolution(model: Path | None) -> int:
     """The meshing grid for a model folder (``None`` = the embedded model) when none is given."""
     return EMBEDDED_RESOLUTION if model is None else OFFICIAL_RESOLUTION
+
+
+def default_guidance(model: Path | None) -> float:
+    """The guidance scale for a model folder (``None`` = the embedded model) when none is given."""
+    return EMBEDDED_GUIDANCE if model is None else OFFICIAL_GUIDANCE
 
 
 def embedded_model_folder() -> Path | None:

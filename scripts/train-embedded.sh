@@ -26,8 +26,27 @@ OMP_NUM_THREADS=1 $MIDI3D train dit-tiny --data "$WORK/synth-train" --out "$WORK
 OMP_NUM_THREADS=1 $MIDI3D train vae-decoder-robust --data "$WORK/synth-train" --out "$WORK/vae-robust" \
   --init "$WORK/dit-mi-default/checkpoints/step-0001000/pipeline" --cache-dir "$WORK/cache" --threads 1 -q
 
-# 5. Ship it: the transformer's EMA pipeline folder with the fine-tuned decoder.
+# 5. Assemble: the transformer's EMA pipeline folder with the fine-tuned decoder.
+if [ ! -d "$WORK/stage-1" ]; then
+  rm -rf "$WORK/stage-1.tmp"
+  cp -r "$WORK/dit-mi-default/final/pipeline" "$WORK/stage-1.tmp"
+  rm -rf "$WORK/stage-1.tmp/vae"
+  cp -r "$WORK/vae-robust/final/pipeline/vae" "$WORK/stage-1.tmp/vae"
+  mv "$WORK/stage-1.tmp" "$WORK/stage-1"
+fi
+
+# 6. Stage 2: the transformer and encoders continue with the auxiliary layout loss (a training-only
+#    head regresses each instance's 3D box from the encoders' outputs), one process, 2 threads:
+#    14000 steps (cosine decay from 8000), then a warm restart to 18000 on the same schedule.
+for steps in 14000 18000; do
+  OMP_NUM_THREADS=2 $MIDI3D train dit-tiny --data "$WORK/synth-train" --out "$WORK/dit-layout" \
+    --init "$WORK/stage-1" --cache-dir "$WORK/cache" --threads 2 -q \
+    --set box_loss_weight=1.0 --set max_steps=$steps --set warmup_steps=100 --set decay_start=8000 \
+    --set checkpoint_every=500
+done
+
+# 7. Ship it (the model card README.md stays).
+cp midi3d/assets/midi3d-tiny/README.md "$WORK/model-card.md"
 rm -rf midi3d/assets/midi3d-tiny
-cp -r "$WORK/dit-mi-default/final/pipeline" midi3d/assets/midi3d-tiny
-rm -rf midi3d/assets/midi3d-tiny/vae
-cp -r "$WORK/vae-robust/final/pipeline/vae" midi3d/assets/midi3d-tiny/vae
+cp -r "$WORK/dit-layout/final/pipeline" midi3d/assets/midi3d-tiny
+cp "$WORK/model-card.md" midi3d/assets/midi3d-tiny/README.md

@@ -225,3 +225,25 @@ def test_outputs_respect_the_umask(tmp_path, model_dir):
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == ["scene.glb"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("use_model, given, expected", [(False, None, 2.0), (True, None, 7.0), (False, "5", 5.0)])
+def test_guidance_default_depends_on_the_model(tmp_path, model_dir, monkeypatch, use_model, given, expected):
+    """The embedded model samples at its own guidance (2), a --model folder at the official 7;
+    an explicit --guidance always wins."""
+    import midi3d.pipelines.scene as scene_module
+
+    seen = []
+    real = scene_module.generate_scene
+
+    def spy(pipe, scene, options=None):
+        seen.append(options.guidance)
+        return real(pipe, scene, options)
+
+    monkeypatch.setattr(scene_module, "generate_scene", spy)
+    args = [BUNDLED / "blocks-5_rgb.png", "--seg", BUNDLED / "blocks-5_seg.png", "-o", tmp_path / "s.glb", *FAST]
+    args += ["--model", model_dir] if use_model else []
+    args += ["--guidance", given] if given else []
+    code, output = run(*args)
+    assert code == 0, output
+    assert seen == [expected]

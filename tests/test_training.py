@@ -107,9 +107,10 @@ def test_loss_on_a_fixed_batch_falls(kind, data_root, spec_file, tmp_path):
     assert after < 0.8 * before, (before, after)
 
 
-@pytest.mark.parametrize("kind", ["vae", "dit"])
+@pytest.mark.parametrize("kind", ["vae", "dit", "dit+layout"])
 def test_resume_reproduces_the_next_steps_exactly(kind, data_root, spec_file, tmp_path):
-    make = vae_config if kind == "vae" else dit_config
+    make = {"vae": vae_config, "dit": dit_config,
+            "dit+layout": lambda *a, **k: dit_config(*a, box_loss_weight=1.0, **k)}[kind]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     run_training(make(spec_file, max_steps=4), data_root, straight, cache_dir=tmp_path / "cache", quiet=True)
     run_training(make(spec_file, max_steps=2), data_root, resumed, cache_dir=tmp_path / "cache", quiet=True)
@@ -234,3 +235,34 @@ def test_latent_rescaling_is_exact(spec_file):
         torch.testing.assert_close(after.mean, before.mean / 4.0, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(after.std, before.std / 4.0, rtol=1e-4, atol=1e-7)
         torch.testing.assert_close(vae.decode(after.mean, points).sample, decoded, rtol=1e-5, atol=1e-5)
+
+
+def test_layout_loss_trains_a_head_that_is_never_shipped(data_root, spec_file, tmp_path):
+    from safetensors.torch import load_file
+
+    from midi3d.training.loop import train
+
+    task, config = _task("dit", data_root, spec_file, tmp_path, max_steps=30, checkpoint_every=30, log_every=1,
+                         mixed_probability=0.0, box_loss_weight=1.0)
+    torch.manual_seed(0)
+    batch = task.batch(0, 0, 1, torch.device("cpu"))
+    # The targets are the objects' boxes in the scene frame: centre inside the scene box, size > 0.
+    assert batch["boxes"].shape == (len(batch["x0"]), 6)
+    assert batch["boxes"][:, :3].abs().max() <= 1 and (batch["boxes"][:, 3:] > 0).all()
+
+    def box_loss() -> float:
+        with torch.no_grad():
+            return float(task.module(batch)[1]["box"])
+
+    before = box_loss()
+    train(task, config, tmp_path / "run", quiet=True)
+    assert box_loss() < 0.7 * before
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"flow", "box"} <= set(header)
+    # The head is part of the training state (so a resume is exact) but not of the pipeline folder.
+    state = load_file(str(next((tmp_path / "run" / "checkpoints").glob("step-*/state")) / "trainable.safetensors"))
+    assert any(name.startswith("layout_head.") for name in state)
+    shipped = tmp_path / "run" / "final" / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors"
+    assert not any("layout" in name for name in load_file(str(shipped)))
+    with pytest.raises(ValueError, match="box_loss_weight"):
+        _task("dit", data_root, spec_file, tmp_path, box_loss_weight=1.0, train_encoders=False)

@@ -89,6 +89,8 @@ class DiTTrainConfig(TrainConfig):
     normalise_latents: bool = False            # rescale the (frozen) VAE so cached latent means have std 1
     single_batch_instances: int = 0            # instances in a single-object batch (0 = batch_size × 6)
     lora: LoRASettings | None = None           # set: LoRA fine-tuning of the transformer only
+    box_loss_weight: float = 0.0               # > 0: auxiliary layout loss on the image encoders (a
+                                               # training-only head regresses each instance's 3D box)
 
     def __post_init__(self):
         if isinstance(self.lora, dict):

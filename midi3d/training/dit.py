@@ -6,7 +6,8 @@ target v = x₀ − ε (the direction the sampler integrates), uniform loss weig
 conditions dropped per scene (zeroed, as the sampler's unconditional branch) for CFG. With
 probability ``mixed_probability`` the step is instead a batch of single objects, each its own
 scene, so multi-instance attention is off (MIDI's mixed training). Latents of the training
-objects are encoded once with the frozen VAE and cached.
+objects are encoded once with the frozen VAE and cached. With ``box_loss_weight`` > 0 a
+training-only head adds an L1 layout loss: each instance's 3D box regressed from its conditions.
 """
 
 from __future__ import annotations
@@ -92,14 +93,44 @@ def normalise(pixels: torch.Tensor, mean: list[float], std: list[float]) -> torc
     return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
+def object_boxes(surface: torch.Tensor) -> torch.Tensor:
+    """Axis-aligned box of every cached object as ``[O, 6]``: centre xyz, then size xyz (scene frame)."""
+    points = surface[..., :3]
+    low, high = points.min(dim=1).values, points.max(dim=1).values
+    return torch.cat([(low + high) / 2, high - low], dim=1)
+
+
+class LayoutHead(nn.Module):
+    """Training-only head: an instance's 3D box from its image conditions (never shipped).
+
+    Reads the DINOv2 class token, the mean of its patch tokens and the CLIP embedding. Its L1 loss
+    teaches the small from-scratch encoders where an instance lies in the scene long before the
+    denoising loss alone would, so the transformer finds layout in the tokens it attends to.
+    """
+
+    def __init__(self, clip_dim: int, dino_dim: int, hidden: int = 128):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(clip_dim + 2 * dino_dim, hidden), nn.GELU(), nn.Linear(hidden, 6))
+
+    def forward(self, cond_1: torch.Tensor, cond_2: torch.Tensor) -> torch.Tensor:
+        features = torch.cat([cond_1[:, 0], cond_2[:, 0], cond_2[:, 1:].mean(dim=1)], dim=1)
+        return self.net(features.float())
+
+
 class DiTLoss(nn.Module):
-    def __init__(self, transformer, clip, dino):
+    def __init__(self, transformer, clip, dino, layout_head: LayoutHead | None = None, box_loss_weight: float = 0.0):
         super().__init__()
         self.transformer, self.clip, self.dino = transformer, clip, dino
+        self.layout_head, self.box_loss_weight = layout_head, box_loss_weight
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cond_1 = encode_clip(self.clip, batch["clip_pixels"])
         cond_2 = encode_dino(self.dino, batch["dino_pixels"])
+        logs = {"single": torch.tensor(float(batch["single"]))}
+        box_loss = None
+        if self.layout_head is not None:
+            box_loss = F.l1_loss(self.layout_head(cond_1, cond_2), batch["boxes"])
+            logs["box"] = box_loss.detach()
         keep = batch["keep"][:, None, None]
         cond_1, cond_2 = cond_1 * keep.to(cond_1.dtype), cond_2 * keep.to(cond_2.dtype)
         x0, noise, sigma = batch["x0"], batch["noise"], batch["sigma"]
@@ -108,13 +139,16 @@ class DiTLoss(nn.Module):
                                     cond_2.to(self.transformer.dtype),
                                     attention_kwargs={"num_instances": batch["counts"]}).sample
         loss = F.mse_loss(velocity.float(), (x0 - noise).float())
-        return loss, {"single": torch.tensor(float(batch["single"]))}
+        logs["flow"] = loss.detach()
+        if box_loss is not None:
+            loss = loss + self.box_loss_weight * box_loss
+        return loss, logs
 
 
 class DiTTask:
     """Trains the transformer (and the image encoders when ``train_encoders``), or LoRA adapters."""
 
-    log_columns = ["single"]
+    log_columns = ["single", "flow"]
 
     def __init__(self, pipe, cache: TrainingCache, config: DiTTrainConfig, latents: tuple[torch.Tensor, torch.Tensor]):
         self.pipe, self.cache, self.config = pipe, cache, config
@@ -132,7 +166,19 @@ class DiTTask:
             encoder.requires_grad_(config.train_encoders and config.lora is None)
             encoder.train(config.train_encoders and config.lora is None)
         pipe.transformer.gradient_checkpointing = config.gradient_checkpointing
-        self.module = DiTLoss(pipe.transformer, pipe.image_encoder_1, pipe.image_encoder_2)
+        head = None
+        self.boxes = None
+        if config.box_loss_weight > 0:
+            if not (config.train_encoders and config.lora is None):
+                raise ValueError("box_loss_weight trains the image encoders: it needs train_encoders and no LoRA")
+            self.boxes = object_boxes(cache.surface)
+            with torch.random.fork_rng(devices=[]):  # a seeded head, global RNG left as it was
+                torch.manual_seed(config.seed)
+                head = LayoutHead(pipe.image_encoder_1.config.projection_dim,
+                                  pipe.image_encoder_2.config.hidden_size)
+            self.log_columns = [*self.log_columns, "box"]
+        self.module = DiTLoss(pipe.transformer, pipe.image_encoder_1, pipe.image_encoder_2, head,
+                              config.box_loss_weight)
         self.counts = [len(cache.scene_instances(s)) for s in range(cache.num_scenes)]
         self.instance_scene = torch.repeat_interleave(torch.arange(cache.num_scenes), torch.tensor(self.counts))
 
@@ -164,7 +210,8 @@ class DiTTask:
                           masks], dim=1)
         return {"clip_pixels": normalise(pixels, CLIP_MEAN, CLIP_STD).to(device), "dino_pixels": dino.to(device),
                 "x0": x0.to(device), "noise": noise.to(device), "sigma": sigma.to(device),
-                "keep": keep.repeat_interleave(per_scene).to(device), "counts": counts, "single": single}
+                "keep": keep.repeat_interleave(per_scene).to(device), "counts": counts, "single": single,
+                **({"boxes": self.boxes[objects].to(device)} if self.boxes is not None else {})}
 
     def write_model(self, folder: Path) -> None:
         if self.config.lora is not None:
