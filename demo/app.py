@@ -101,9 +101,9 @@ class DemoBackend:
 
     @property
     def resolution(self) -> int:
-        from ..embedded import default_resolution
+        from ..embedded import sampling_defaults
 
-        return self.config.resolution or default_resolution(self.config.model)
+        return sampling_defaults(self.config.model).resolve(self.config.resolution, None)[0]
 
     @property
     def pipe(self):
@@ -180,7 +180,7 @@ def build_demo(config: DemoConfig, pipe=None):
     # leaves the heap corrupted and the process aborts at exit (measured: exit status 134).
     import pymeshlab  # noqa: F401
 
-    from ..embedded import default_guidance
+    from ..embedded import sampling_defaults
 
     backend = DemoBackend(config, pipe)
 
@@ -286,7 +286,7 @@ def build_demo(config: DemoConfig, pipe=None):
         with gr.Accordion("Advanced", open=False):
             with gr.Row():
                 steps = gr.Slider(1, 100, value=50, step=1, label="Steps")
-                guidance = gr.Slider(1.0, 15.0, value=default_guidance(config.model), step=0.5, label="Guidance")
+                guidance = gr.Slider(1.0, 15.0, value=sampling_defaults(config.model).guidance, step=0.5, label="Guidance")
                 seed = gr.Number(42, precision=0, label="Seed")
                 layers = gr.Textbox("default", label="Multi-instance layers (default, none, 2-6, …)")
         generate_button = gr.Button("Generate", variant="primary", elem_id="generate")

@@ -136,7 +136,7 @@ def generate(
 ) -> None:
     """Generate a 3D scene (one mesh per instance) from an image and its instance label map."""
     from .geometry.postprocess import PostprocessConfig
-    from .embedded import default_guidance, default_resolution
+    from .embedded import sampling_defaults
     from .io.errors import InputError, OutputError
     from .io.files import remove_stale_temporaries
     from .io.paths import child_path
@@ -152,8 +152,7 @@ def generate(
         _fail(f"--format {fmt}: use one of {', '.join(EXPORT_FORMATS)}")
     if extract is Extract.hierarchical and smooth:
         _fail("--smooth applies to --extract dense only")
-    resolution = resolution or default_resolution(model)
-    guidance = default_guidance(model) if guidance is None else guidance
+    resolution, guidance = sampling_defaults(model).resolve(resolution, guidance)
     _check_resolution(resolution)
     try:
         layers = parse_layer_list(mi_layers)
@@ -548,13 +547,11 @@ def evaluate(
         def predictor(scene):
             return load_prediction(pred_dir / f"{scene.key}.glb")
     else:
+        from .embedded import sampling_defaults
         from .pipelines.pipeline_midi import ExtractionOptions
         from .pipelines.scene import GenerateOptions, SceneInputs, generate_scene
 
-        from .embedded import default_guidance, default_resolution
-
-        resolution = resolution or default_resolution(model)
-        guidance = default_guidance(model) if guidance is None else guidance
+        resolution, guidance = sampling_defaults(model).resolve(resolution, guidance)
         try:
             pipe = _load_pipeline(model, _torch_dtype(DType.float32, "cpu"), "cpu", None, False, True)
         except ValueError as err:

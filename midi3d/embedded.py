@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -11,25 +12,30 @@ import torch
 logger = logging.getLogger(__name__)
 
 EMBEDDED_NAME = "midi3d-tiny"
-# Meshing grid used when none is given. The official release meshes at 256³. The embedded model's
-# coarse shapes gain nothing from it: on the bundled room-5, 128³ takes 13.7 s end to end and
-# writes 9.5 MB, 256³ takes 26.7 s and writes 38.6 MB (docs/results.md, "Speed").
-EMBEDDED_RESOLUTION = 128
-OFFICIAL_RESOLUTION = 256
-# Classifier-free guidance scale used when none is given. The official release samples at 7; the
-# small embedded model does better with less (chosen on the validation split, docs/results.md).
-EMBEDDED_GUIDANCE = 2.0
-OFFICIAL_GUIDANCE = 7.0
 
 
-def default_resolution(model: Path | None) -> int:
-    """The meshing grid for a model folder (``None`` = the embedded model) when none is given."""
-    return EMBEDDED_RESOLUTION if model is None else OFFICIAL_RESOLUTION
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """Settings a model samples with when the user gives none."""
+
+    resolution: int  # meshing grid (cells per axis)
+    guidance: float  # classifier-free guidance scale
+
+    def resolve(self, resolution: int | None, guidance: float | None) -> tuple[int, float]:
+        """The given values, with ``None`` replaced by these defaults."""
+        return (resolution or self.resolution), (self.guidance if guidance is None else guidance)
 
 
-def default_guidance(model: Path | None) -> float:
-    """The guidance scale for a model folder (``None`` = the embedded model) when none is given."""
-    return EMBEDDED_GUIDANCE if model is None else OFFICIAL_GUIDANCE
+# The official release meshes at 256³ and samples at guidance 7. The embedded model's coarse
+# shapes gain nothing from 256³ (bundled room-5: 14.9 s end to end and 9.5 MB at 128³, 26.7 s and
+# 38.6 MB at 256³), and it does better at guidance 2 (chosen on the validation split; docs/results.md).
+EMBEDDED_DEFAULTS = SamplingDefaults(resolution=128, guidance=2.0)
+OFFICIAL_DEFAULTS = SamplingDefaults(resolution=256, guidance=7.0)
+
+
+def sampling_defaults(model: Path | None) -> SamplingDefaults:
+    """The defaults for a model folder (``None`` = the embedded model)."""
+    return EMBEDDED_DEFAULTS if model is None else OFFICIAL_DEFAULTS
 
 
 def embedded_model_folder() -> Path | None:
