@@ -51,10 +51,14 @@ def load_embedded_pipeline(dtype: torch.dtype = torch.float32, device: str = "cp
 
     folder = embedded_model_folder()
     if folder is not None:
-        return MIDIPipeline.from_pretrained(folder, dtype=dtype, device=device, mi_layers=mi_layers)
+        pipe = MIDIPipeline.from_pretrained(folder, dtype=dtype, device=device, mi_layers=mi_layers)
+        pipe.sampling_defaults = EMBEDDED_DEFAULTS
+        return pipe
     logger.warning("no trained embedded model is bundled yet: using the deterministic random stand-in "
                    "'%s' (meshes are placeholders, not reconstructions)", EMBEDDED_NAME)
     pipe = build_pipeline(PipelineSpec.builtin(EMBEDDED_NAME))
     if mi_layers is not None:
         pipe.transformer.set_multi_instance_layers(mi_layers)
-    return pipe.to_dtype(dtype).to(device)
+    pipe = pipe.to_dtype(dtype).to(device)
+    pipe.sampling_defaults = EMBEDDED_DEFAULTS
+    return pipe

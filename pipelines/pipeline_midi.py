@@ -20,6 +20,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
+from ..embedded import OFFICIAL_DEFAULTS, SamplingDefaults
 from ..geometry.extraction import GridResult, dense_grids, extract_meshes
 from ..geometry.postprocess import PostprocessConfig, postprocess_mesh
 from ..io.files import write_folder_atomic
@@ -54,7 +55,7 @@ class ExtractionOptions:
     """How latents become meshes (see :mod:`midi3d.geometry.extraction`)."""
 
     method: str = "hierarchical"
-    resolution: int = 256
+    resolution: int | None = None  # None: the pipeline's default (``MIDIPipeline.sampling_defaults``)
     coarse_resolution: int = 32
     progressive: bool = True
     smooth: bool = False
@@ -158,6 +159,9 @@ class MIDIPipeline(DiffusionPipeline):
     """Multi-instance diffusion for compositional 3D scene generation."""
 
     model_cpu_offload_seq = "image_encoder_1->image_encoder_2->transformer->vae"
+    # What high-level callers (``generate_scene``, ``extract``) use when given no value; the
+    # embedded model's loader replaces it with its own.
+    sampling_defaults: SamplingDefaults = OFFICIAL_DEFAULTS
 
     def __init__(self, transformer: MIDITransformer, vae: ShapeVAE, scheduler: RectifiedFlowScheduler,
                  image_encoder_1, image_encoder_2, feature_extractor_1, feature_extractor_2):
@@ -289,9 +293,10 @@ class MIDIPipeline(DiffusionPipeline):
                 postprocess: PostprocessConfig | None = None) -> tuple[list[trimesh.Trimesh | None], int]:
         """Meshes in the scene frame for latents ``[B, T, C]``; returns ``(meshes, sdf_queries)``."""
         options = options or ExtractionOptions()
+        resolution = options.resolution or self.sampling_defaults.resolution
         sdfs = self.vae.sdf_functions(latents.to(self.vae.dtype), chunk_size=options.chunk_size)
         with self.progress_bar(total=len(sdfs)) as bar:
-            meshes, stats = extract_meshes(sdfs, options.method, options.resolution, options.smooth,
+            meshes, stats = extract_meshes(sdfs, options.method, resolution, options.smooth,
                                            options.progressive, options.vertex_mapping, options.coarse_resolution,
                                            on_instance_done=lambda _: bar.update())
         if postprocess is not None:

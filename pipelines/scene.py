@@ -46,7 +46,7 @@ class GenerateOptions:
     """Sampling and meshing settings of :func:`generate_scene`."""
 
     steps: int = 50
-    guidance: float = 7.0
+    guidance: float | None = None  # None: the pipeline's default (``MIDIPipeline.sampling_defaults``)
     seed: int = 42
     pad: bool = False
     num_latent_tokens: int | None = None
@@ -119,9 +119,10 @@ def generate_scene(pipe: MIDIPipeline, scene: SceneInputs, options: GenerateOpti
     rgb, labels = (pad_scene(scene.rgb, scene.labels) if options.pad else (scene.rgb, scene.labels))
     ids = instance_ids(labels)
     images, masks = split_instances(rgb, labels, ids)
+    guidance = pipe.sampling_defaults.guidance if options.guidance is None else options.guidance
     generator = torch.Generator(device=pipe.device).manual_seed(options.seed)
     output = pipe(images, masks, [rgb] * len(ids), num_inference_steps=options.steps,
-                  guidance_scale=options.guidance, generator=generator, num_latent_tokens=options.num_latent_tokens,
+                  guidance_scale=guidance, generator=generator, num_latent_tokens=options.num_latent_tokens,
                   output_type="latent")
     start = time.perf_counter()
     meshes, _ = pipe.extract(output.latents, options.extraction, options.postprocess)

@@ -58,12 +58,13 @@ def test_other_formats(tmp_path, model_dir, fmt):
 
 
 def test_embedded_model_is_the_shipped_trained_one():
-    from midi3d.embedded import embedded_model_folder, load_embedded_pipeline
+    from midi3d.embedded import EMBEDDED_DEFAULTS, embedded_model_folder, load_embedded_pipeline
 
     folder = embedded_model_folder()
     assert folder is not None, "the trained midi3d-tiny weights are not in the installed package"
     pipe = load_embedded_pipeline()
     assert pipe.transformer.config.num_layers == 8 and pipe.transformer.mi_layers == (2, 3, 4, 5, 6)
+    assert pipe.sampling_defaults == EMBEDDED_DEFAULTS  # Python callers get its guidance and resolution
 
 
 def test_embedded_model_beats_the_random_stand_in_on_held_out_rooms(tmp_path):
@@ -81,7 +82,7 @@ def test_embedded_model_beats_the_random_stand_in_on_held_out_rooms(tmp_path):
 
     generate_dataset(tmp_path / "data", 3, SynthConfig(seed=4242, image_size=256, surface_points=4096))
     data = ThreeDFrontDataset(tmp_path / "data", test_size=3, points=4096)
-    options = GenerateOptions(steps=10, extraction=ExtractionOptions(resolution=64), postprocess=None)
+    options = GenerateOptions(steps=10, guidance=2.0, extraction=ExtractionOptions(resolution=64), postprocess=None)
 
     def mean_fscore(pipe) -> float:
         pipe.set_progress_bar_config(disable=True)

@@ -70,6 +70,37 @@ def test_empty_instance_is_named_in_a_warning(tiny_pipe, caplog):
     assert "instance(s) 1, 2, 3" in caplog.text
 
 
+def test_unset_guidance_and_resolution_come_from_the_pipeline(tiny_pipe, monkeypatch):
+    """``GenerateOptions()`` leaves guidance and meshing resolution to ``pipe.sampling_defaults``
+    (so Python callers of the embedded model get its defaults, as CLI users do); given values win."""
+    import midi3d.pipelines.pipeline_midi as pipeline_module
+    from midi3d.embedded import EMBEDDED_DEFAULTS, OFFICIAL_DEFAULTS, SamplingDefaults
+
+    assert tiny_pipe.sampling_defaults == OFFICIAL_DEFAULTS
+    latents, resolutions = [], []
+    real_extract, real_meshes = tiny_pipe.extract, pipeline_module.extract_meshes
+
+    def spy_extract(lat, options=None, postprocess=None):
+        latents.append(lat.clone())
+        return real_extract(lat, options, postprocess)
+
+    def spy_meshes(sdfs, method, resolution, *args, **kwargs):
+        resolutions.append(resolution)
+        return real_meshes(sdfs, method, resolution, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipe, "extract", spy_extract)
+    monkeypatch.setattr(pipeline_module, "extract_meshes", spy_meshes)
+    monkeypatch.setattr(tiny_pipe, "sampling_defaults", SamplingDefaults(resolution=16, guidance=2.5))
+    for guidance, resolution in [(None, None), (2.5, 32), (7.0, None)]:
+        extraction = ExtractionOptions(resolution=resolution, coarse_resolution=8)
+        generate_scene(tiny_pipe, scene(), GenerateOptions(steps=2, guidance=guidance, extraction=extraction,
+                                                           postprocess=None))
+    assert resolutions == [16, 32, 16]
+    torch.testing.assert_close(latents[0], latents[1])  # unset guidance = the pipeline's 2.5
+    assert (latents[0] - latents[2]).abs().max() > 1e-4  # and guidance does change the result
+    assert EMBEDDED_DEFAULTS != OFFICIAL_DEFAULTS
+
+
 def test_bfloat16_on_cpu(tiny_pipe):
     tiny_pipe.to_dtype(torch.bfloat16)
     assert tiny_pipe.transformer.dtype == torch.bfloat16
