@@ -16,9 +16,9 @@ import trimesh
 from PIL import Image
 
 from conftest import TEST_SPEC
+from midi3d.demo.browser import CHROMIUM
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "midi3d" / "assets" / "examples"
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("MIDI3D_TEST_ARTIFACTS", Path(__file__).resolve().parent / "artifacts"))
 
 
@@ -160,23 +160,15 @@ def test_sequential_generations_leave_no_temporary_files_behind(server, example)
 def test_browser_upload_generate_view_download(server, example):
     from playwright.sync_api import expect, sync_playwright
 
+    from midi3d.demo.browser import generate_in_page, launch_browser
+
     rgb, seg = example
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        # SwiftShader: WebGL on the CPU, so the 3D viewer draws the scene in the screenshot.
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"])
+        browser = launch_browser(playwright, CHROMIUM)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1300})
-            page.goto(server["url"])
-            page.locator("#image-file input[type=file]").set_input_files(str(rgb))
-            page.get_by_label("label map", exact=True).check()
-            page.locator("#label-file input[type=file]").set_input_files(str(seg))
-            page.locator("#segment").click()
-            expect(page.locator("#overlay img")).to_be_visible(timeout=60_000)
-            page.locator("#generate").click()
-            expect(page.locator("#status")).to_contain_text("instances in", timeout=180_000)
-            expect(page.locator("#viewer canvas")).to_be_visible(timeout=60_000)
+            generate_in_page(page, server["url"], rgb, seg)
             link = page.locator("#scene-download a").first
             href = link.get_attribute("href")
             body = page.request.get(href if href.startswith("http") else server["url"].rstrip("/") + href).body()
