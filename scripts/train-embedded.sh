@@ -37,8 +37,8 @@ fi
 
 # 6. Stage 2: the transformer and encoders continue with the auxiliary layout loss (a training-only
 #    head regresses each instance's 3D box from the encoders' outputs), one process, 2 threads:
-#    14000 steps (cosine decay from 8000), then a warm restart to 18000 on the same schedule.
-for steps in 14000 18000; do
+#    14000 steps (cosine decay from 8000), then warm restarts to 18000 and 24000 on the same schedule.
+for steps in 14000 18000 24000; do
   OMP_NUM_THREADS=2 $MIDI3D train dit-tiny --data "$WORK/synth-train" --out "$WORK/dit-layout" \
     --init "$WORK/stage-1" --cache-dir "$WORK/cache" --threads 2 -q \
     --set box_loss_weight=1.0 --set max_steps=$steps --set warmup_steps=100 --set decay_start=8000 \

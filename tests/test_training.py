@@ -219,6 +219,25 @@ def test_accelerate_launch_two_processes(data_root, spec_file, tmp_path):
     assert "world 2" in (out / "train.log").read_text()
 
 
+def test_around_queries_fill_the_grown_box_and_leave_other_caches_unchanged():
+    """SDF queries around each object lie in its box grown by the margin (clipped to the scene
+    box); with none asked for, the draws and the cache name are those of caches built before."""
+    from midi3d.training.sdf import query_points
+
+    surface = np.random.default_rng(0).uniform([0.5, -0.2, 0.1], [0.9, 0.3, 0.4], size=(500, 3)).astype(np.float32)
+    base = query_points(surface, np.random.default_rng(1), 64, 32)
+    grown = query_points(surface, np.random.default_rng(1), 64, 32, around=400, margin=0.3)
+    assert grown.shape == (496, 3)
+    np.testing.assert_array_equal(grown[:96], base)
+    around = grown[96:]
+    low, high = np.maximum(surface.min(0) - 0.3, -1.0), np.minimum(surface.max(0) + 0.3, 1.0)
+    assert (around >= low).all() and (around <= high).all()
+    assert around[:, 0].max() > 0.95 and around[:, 1].min() < -0.45  # it fills the grown box, up to the clip
+    old = CacheSettings(112, 2048, 2048, 1024, 0.001, 10, 0)  # the name of the embedded model's training cache
+    assert old.digest() == "24d2d47f6ce0"
+    assert CacheSettings(112, 2048, 2048, 1024, 0.001, 10, 0, around_points=1024).digest() != old.digest()
+
+
 def test_latent_rescaling_is_exact(spec_file):
     from midi3d.training.dit import rescale_latent_space
 

@@ -47,9 +47,16 @@ class CacheSettings:
     min_area_fraction: float
     max_instances: int
     seed: int = 0
+    around_points: int = 0
+    around_margin: float = 0.3
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.__dict__, sort_keys=True).encode()).hexdigest()[:12]
+        # the ``around`` settings enter the digest only when used: caches built before they
+        # existed keep their names
+        fields = dict(self.__dict__)
+        if not self.around_points:
+            fields.pop("around_points"), fields.pop("around_margin")
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -125,7 +132,8 @@ def _room(root: Path, room: str, names: list[str], settings: CacheSettings) -> d
                     else f"{mesh_path}: {err}"}
         picks = rng.choice(len(points), settings.surface_points, replace=len(points) < settings.surface_points)
         surface = points[picks]
-        query = query_points(points[:, :3], rng, settings.near_points, settings.uniform_points)
+        query = query_points(points[:, :3], rng, settings.near_points, settings.uniform_points,
+                             around=settings.around_points, margin=settings.around_margin)
         surfaces.append(surface)
         queries.append(query)
         sdfs.append(signed_distance(mesh, query))

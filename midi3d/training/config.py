@@ -38,6 +38,8 @@ class TrainConfig:
     surface_points: int = 2048          # cached encoder input points per object
     near_points: int = 2048             # cached near-surface SDF queries per object
     uniform_points: int = 1024          # cached uniform SDF queries per object
+    around_points: int = 0              # cached SDF queries in the object's box grown by around_margin
+    around_margin: float = 0.3
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then constant or a

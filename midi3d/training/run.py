@@ -54,7 +54,8 @@ def run_training(config: TrainConfig, data: Path, out: Path, init: Path | None =
     pipe = base_pipeline(config, init, allow_pickle).to(accelerator.device)
     size = processed_size(pipe.feature_extractor_1)[0]
     settings = CacheSettings(size, config.surface_points, config.near_points, config.uniform_points,
-                             config.min_area_fraction, config.max_instances, config.seed)
+                             config.min_area_fraction, config.max_instances, config.seed,
+                             config.around_points, config.around_margin)
     with accelerator.main_process_first():
         cache = build_cache(data, cache_dir or out / "cache", settings, jobs=config.cache_jobs)
     if accelerator.is_main_process:

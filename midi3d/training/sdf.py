@@ -34,11 +34,22 @@ def signed_distance(mesh: trimesh.Trimesh, points: np.ndarray) -> np.ndarray:
 
 
 def query_points(surface: np.ndarray, rng: np.random.Generator, near: int, uniform: int,
-                 sigmas: tuple[float, float] = (0.005, 0.03), box: float = 1.0) -> np.ndarray:
-    """``near`` points around surface samples (two noise scales, half each) and ``uniform`` points
-    in the box ``[-box, box]^3``: ``(near + uniform, 3) float32``."""
+                 sigmas: tuple[float, float] = (0.005, 0.03), box: float = 1.0, around: int = 0,
+                 margin: float = 0.3) -> np.ndarray:
+    """``near`` points around surface samples (two noise scales, half each), ``uniform`` points
+    in the box ``[-box, box]^3`` and ``around`` points uniform in the object's own bounding box
+    grown by ``margin`` (inside ``[-box, box]^3``): ``(near + uniform + around, 3) float32``.
+
+    The ``around`` points supervise the space next to an object but beyond the near band, where
+    a few uniform points per object leave a decoder free to grow spurs (e.g. down to the floor).
+    """
     picks = surface[rng.integers(len(surface), size=near)]
     scale = np.repeat(np.asarray(sigmas, np.float32), [near - near // 2, near // 2])[:, None]
     jittered = picks + rng.standard_normal(picks.shape).astype(np.float32) * scale
     spread = rng.uniform(-box, box, size=(uniform, 3)).astype(np.float32)
-    return np.concatenate([jittered, spread]).astype(np.float32)
+    parts = [jittered, spread]
+    if around:  # no draw when off, so caches built without it are reproduced exactly
+        low = np.maximum(surface.min(axis=0) - margin, -box)
+        high = np.minimum(surface.max(axis=0) + margin, box)
+        parts.append(rng.uniform(low, high, size=(around, 3)).astype(np.float32))
+    return np.concatenate(parts).astype(np.float32)
