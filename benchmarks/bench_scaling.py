@@ -33,9 +33,7 @@ def setup(instances: int, steps: int, resolution: int):
         labels[r * 32 + 4 : r * 32 + 28, c * 32 + 4 : c * 32 + 28] = i + 1
         rgb[labels == i + 1] = ((37 * i) % 256, (91 * i) % 256, 160)
     scene = SceneInputs(rgb, labels)
-    options = GenerateOptions(steps=steps, extraction=ExtractionOptions(resolution=resolution,
-                                                                        coarse_resolution=min(32, resolution)),
-                              postprocess=None)
+    options = GenerateOptions(steps=steps, extraction=ExtractionOptions(resolution=resolution), postprocess=None)
 
     def run():
         result = generate_scene(pipe, scene, options)

@@ -160,8 +160,7 @@ def generate(
         _fail(f"--mi-layers {mi_layers!r}: expected e.g. '8-12', '8,9,10', 'none' or 'default'")
     options = GenerateOptions(
         steps=steps, guidance=guidance, seed=seed, pad=pad, num_latent_tokens=latent_tokens,
-        extraction=ExtractionOptions(method=extract.value, resolution=resolution, smooth=smooth,
-                                     coarse_resolution=min(32, resolution)),
+        extraction=ExtractionOptions(method=extract.value, resolution=resolution, smooth=smooth),
         postprocess=None if no_postprocess else PostprocessConfig(target_faces=faces),
     )
 
@@ -557,8 +556,7 @@ def evaluate(
         except ValueError as err:
             _fail(str(err))
         options = GenerateOptions(steps=steps, guidance=guidance, seed=seed, postprocess=None,
-                                  extraction=ExtractionOptions(method=extract.value, resolution=resolution,
-                                                               coarse_resolution=min(32, resolution), smooth=False))
+                                  extraction=ExtractionOptions(method=extract.value, resolution=resolution, smooth=False))
 
         def predictor(scene):
             result = generate_scene(pipe, SceneInputs(scene.rgb, scene.labels, name=scene.key), options)

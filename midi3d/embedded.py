@@ -45,20 +45,25 @@ def embedded_model_folder() -> Path | None:
 
 
 def load_embedded_pipeline(dtype: torch.dtype = torch.float32, device: str = "cpu", mi_layers=None):
-    """Load the embedded model; falls back to the deterministic random stand-in."""
-    from .models.factory import PipelineSpec, build_pipeline
+    """Load the embedded model (with its sampling defaults); falls back to the deterministic
+    random stand-in."""
     from .pipelines.pipeline_midi import MIDIPipeline
 
     folder = embedded_model_folder()
     if folder is not None:
         pipe = MIDIPipeline.from_pretrained(folder, dtype=dtype, device=device, mi_layers=mi_layers)
-        pipe.sampling_defaults = EMBEDDED_DEFAULTS
-        return pipe
+    else:
+        pipe = _random_stand_in(dtype, device, mi_layers)
+    pipe.sampling_defaults = EMBEDDED_DEFAULTS
+    return pipe
+
+
+def _random_stand_in(dtype: torch.dtype, device: str, mi_layers):
+    from .models.factory import PipelineSpec, build_pipeline
+
     logger.warning("no trained embedded model is bundled yet: using the deterministic random stand-in "
                    "'%s' (meshes are placeholders, not reconstructions)", EMBEDDED_NAME)
     pipe = build_pipeline(PipelineSpec.builtin(EMBEDDED_NAME))
     if mi_layers is not None:
         pipe.transformer.set_multi_instance_layers(mi_layers)
-    pipe = pipe.to_dtype(dtype).to(device)
-    pipe.sampling_defaults = EMBEDDED_DEFAULTS
-    return pipe
+    return pipe.to_dtype(dtype).to(device)

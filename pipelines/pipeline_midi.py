@@ -56,7 +56,7 @@ class ExtractionOptions:
 
     method: str = "hierarchical"
     resolution: int | None = None  # None: the pipeline's default (``MIDIPipeline.sampling_defaults``)
-    coarse_resolution: int = 32
+    coarse_resolution: int = 32  # clamped to the resolution for grids smaller than 32³
     progressive: bool = True
     smooth: bool = False
     vertex_mapping: str = "official"
@@ -294,10 +294,11 @@ class MIDIPipeline(DiffusionPipeline):
         """Meshes in the scene frame for latents ``[B, T, C]``; returns ``(meshes, sdf_queries)``."""
         options = options or ExtractionOptions()
         resolution = options.resolution or self.sampling_defaults.resolution
+        coarse_resolution = min(options.coarse_resolution, resolution)
         sdfs = self.vae.sdf_functions(latents.to(self.vae.dtype), chunk_size=options.chunk_size)
         with self.progress_bar(total=len(sdfs)) as bar:
             meshes, stats = extract_meshes(sdfs, options.method, resolution, options.smooth,
-                                           options.progressive, options.vertex_mapping, options.coarse_resolution,
+                                           options.progressive, options.vertex_mapping, coarse_resolution,
                                            on_instance_done=lambda _: bar.update())
         if postprocess is not None:
             meshes = [postprocess_mesh(m, postprocess) if m is not None else None for m in meshes]

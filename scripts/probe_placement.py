@@ -38,8 +38,7 @@ def main() -> None:
     pipe = MIDIPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
     options = GenerateOptions(steps=args.steps, guidance=args.guidance, postprocess=None,
-                              extraction=ExtractionOptions(resolution=args.resolution,
-                                                           coarse_resolution=min(32, args.resolution)))
+                              extraction=ExtractionOptions(resolution=args.resolution))
     rooms = json.loads((args.data / "midi_room_ids.json").read_text())
     names = json.loads((args.data / "midi_furniture_ids.json").read_text())
     ious, centre_errors, volume_ratios, empty = [], [], [], 0

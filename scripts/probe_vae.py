@@ -54,7 +54,7 @@ def main() -> None:
         spread = float(posterior.mean.std())
         print(f"{args.pipeline}: {len(objects)} objects, posterior std / latent spread "
               f"{float(posterior.std.mean()) / spread:.3f}, iso shift {args.iso_shift:+g}")
-        options = ExtractionOptions(resolution=args.resolution, coarse_resolution=min(32, args.resolution))
+        options = ExtractionOptions(resolution=args.resolution)
         for noise in args.noise:
             generator = torch.Generator().manual_seed(0)
             latents = posterior.mean + noise * spread * torch.randn(posterior.mean.shape, generator=generator)
