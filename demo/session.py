@@ -100,15 +100,14 @@ def preview(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def per_object_zip(result) -> bytes:
     """A zip of one GLB per instance (``instance_<id>.glb``), all in the scene frame."""
-    from ..pipelines.scene import SceneResult, build_scene
+    from ..pipelines.scene import build_scene
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for instance_id, mesh in zip(result.ids, result.meshes):
             if mesh is None or len(mesh.faces) == 0:
                 continue
-            single = SceneResult([instance_id], [mesh], {})
-            archive.writestr(f"instance_{instance_id}.glb", build_scene(single).export(file_type="glb"))
+            archive.writestr(f"instance_{instance_id}.glb", build_scene([instance_id], [mesh]).export(file_type="glb"))
     return buffer.getvalue()
 
 

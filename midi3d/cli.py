@@ -1,7 +1,12 @@
-"""The ``midi3d`` command line (typer + rich)."""
+"""The ``midi3d`` command line (typer + rich): parse, call library functions, print.
+
+Every command turns an expected error (bad input, an unusable model folder, an unwritable
+output) into one line on stderr and exit code 2.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -11,7 +16,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .io.images import DEFAULT_MAX_PIXELS
+from .io.labelmap import DEFAULT_MAX_INSTANCES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="midi3d: one photo of a scene → 3D object meshes in a shared scene frame.")
@@ -20,6 +27,7 @@ console = Console(soft_wrap=True)
 
 EXIT_BAD_INPUT = 2
 EXIT_SCENES_FAILED = 1
+DEFAULT_SEED = 42
 
 
 class Extract(str, Enum):
@@ -38,20 +46,23 @@ def _fail(message: str) -> None:
     raise typer.Exit(EXIT_BAD_INPUT)
 
 
-def _require_writable(folder: Path) -> None:
-    """Fail now, before any long work, when ``folder`` cannot take files."""
-    from .io.errors import OutputError
-    from .io.files import check_writable
+@contextlib.contextmanager
+def _one_line_errors(suffix: str = ""):
+    """Bad input, unusable model files and unwritable outputs → one line, exit 2."""
+    from .models.checkpoint import CheckpointError
 
     try:
+        yield
+    except (ValueError, CheckpointError, FileNotFoundError) as err:  # InputError, OutputError included
+        _fail(f"{err}{suffix}")
+
+
+def _require_writable(folder: Path) -> None:
+    """Fail now, before any long work, when ``folder`` cannot take files."""
+    from .io.files import check_writable
+
+    with _one_line_errors():
         check_writable(folder)
-    except OutputError as err:
-        _fail(str(err))
-
-
-def _check_resolution(resolution: int) -> None:
-    if resolution < 8 or resolution & (resolution - 1):
-        _fail(f"--resolution {resolution}: must be a power of two >= 8")
 
 
 def _setup_logging(quiet: bool) -> None:
@@ -59,58 +70,35 @@ def _setup_logging(quiet: bool) -> None:
                         handlers=[RichHandler(console=err_console, show_time=False, show_path=False)], force=True)
 
 
-def _torch_dtype(dtype: DType, device: str):
-    import torch
+def _check_sampling(steps: int | None, guidance: float | None, resolution: int | None, mi_layers: str | None) -> None:
+    """The user's sampling values, checked before any model is loaded."""
+    from .models.layer_spec import check_layer_spec
+    from .pipelines.sampling import check_guidance, check_resolution, check_steps
 
-    chosen = getattr(torch, dtype.value)
-    if chosen is torch.float16 and device.startswith("cpu"):
-        _fail("--dtype float16 needs a GPU; use --dtype bfloat16 or float32 on the CPU")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        _fail(f"--device {device}: CUDA is not available on this machine")
-    return chosen
-
-
-def _load_pipeline(model: Path | None, dtype, device: str, mi_layers: list[int] | None, trust_pickle: bool, quiet: bool,
-                   lora: Path | None = None, lora_scale: float = 1.0):
-    from .embedded import load_embedded_pipeline
-    from .pipelines.pipeline_midi import MIDIPipeline
-
-    if model is None:
-        pipe = load_embedded_pipeline(dtype=dtype, device=device, mi_layers=mi_layers)
-    else:
-        pipe = MIDIPipeline.from_pretrained(model, dtype=dtype, device=device, mi_layers=mi_layers,
-                                            allow_pickle=trust_pickle)
-    if lora is not None:
-        from .models.lora import load_lora
-
-        load_lora(pipe.transformer, lora, scale=lora_scale)
-        pipe.transformer.to(device=device, dtype=dtype)
-    pipe.set_progress_bar_config(disable=quiet, leave=False)
-    return pipe
-
-
-def _scene_pairs(folder: Path) -> list[tuple[str, Path, Path]]:
-    pairs = []
-    for image in sorted(folder.glob("*_rgb.png")):
-        name = image.name[: -len("_rgb.png")]
-        pairs.append((name, image, folder / f"{name}_seg.png"))
-    return pairs
+    if steps is not None:
+        check_steps(steps, "--steps")
+    if guidance is not None:
+        check_guidance(guidance, "--guidance")
+    if resolution is not None:
+        check_resolution(resolution, "--resolution")
+    check_layer_spec(mi_layers)
 
 
 @app.command()
 def generate(
     input: Path = typer.Argument(..., help="A scene image, or a folder of NAME_rgb.png + NAME_seg.png pairs."),
     seg: Path | None = typer.Option(None, "--seg", help="Instance label map of the image (single-image mode). "
-                                    "Without it, the rough classic segmentation is used."),
+                                    "Without it: automatic SAM if $MIDI3D_SAM_CHECKPOINT is set, else the rough "
+                                    "classic segmentation (see `midi3d segment`)."),
     output: Path | None = typer.Option(None, "-o", "--output",
                                        help="Output scene file (.glb/.obj/.ply), or folder in folder mode."),
     model: Path | None = typer.Option(None, "--model", help="Pipeline folder (official layout). Default: embedded."),
-    steps: int = typer.Option(50, "--steps", min=1, help="Denoising steps."),
+    steps: int | None = typer.Option(None, "--steps", help="Denoising steps; default: the model folder's (50)."),
     guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale (<= 1 disables "
-                                          "it); default 2 with the embedded model, 7 with a --model folder."),
-    seed: int = typer.Option(42, "--seed"),
-    mi_layers: str | None = typer.Option(None, "--mi-layers",
-                                         help="Multi-instance blocks: '8-12', '8,9,10', 'none' or 'default'."),
+                                          "it); default: the model folder's (embedded 2, official 7)."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed"),
+    mi_layers: str | None = typer.Option(None, "--mi-layers", help="Multi-instance blocks: 'default' (the "
+                                         "folder's), 'all', 'none', '8-12', '8,9,10' or '1,4-6'."),
     pad: bool = typer.Option(False, "--pad", help="Official image padding around the objects."),
     latent_tokens: int | None = typer.Option(None, "--latent-tokens", min=1,
                                              help="Latent tokens per instance (default: the transformer width)."),
@@ -118,13 +106,15 @@ def generate(
     dtype: DType = typer.Option(DType.float32, "--dtype"),
     extract: Extract = typer.Option(Extract.hierarchical, "--extract", help="Mesh extraction mode."),
     resolution: int | None = typer.Option(None, "--resolution", help="Effective grid resolution (cells per axis); "
-                                          "default 128 with the embedded model, 256 with a --model folder."),
+                                          "default: the model folder's (embedded 128, official 256)."),
     smooth: bool = typer.Option(False, "--smooth", help="Official 3x3x3 mean-filter smoothing (dense only)."),
     faces: int = typer.Option(0, "--faces", min=0, help="Decimate each mesh to this many faces (0 = keep)."),
     no_postprocess: bool = typer.Option(False, "--no-postprocess", help="Skip the mesh clean-up."),
     fmt: str = typer.Option("glb", "--format", help="Output format in folder mode: glb, obj or ply."),
-    max_instances: int = typer.Option(64, "--max-instances", help="Refuse label maps with more instances."),
-    max_pixels: int = typer.Option(64_000_000, "--max-pixels", min=4,
+    max_instances: int = typer.Option(DEFAULT_MAX_INSTANCES, "--max-instances", min=1,
+                                      help="Refuse label maps with more instances (automatic segmentation keeps "
+                                           "this many largest)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=4,
                                    help="Refuse images with more pixels (decompression bombs)."),
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Folder mode: regenerate scenes whose output already exists."),
@@ -136,131 +126,78 @@ def generate(
 ) -> None:
     """Generate a 3D scene (one mesh per instance) from an image and its instance label map."""
     from .geometry.postprocess import PostprocessConfig
-    from .embedded import sampling_defaults
-    from .io.errors import InputError, OutputError
+    from .io.errors import InputError
     from .io.files import remove_stale_temporaries
-    from .io.paths import child_path
-    from .models.checkpoint import CheckpointError
-    from .models.transformers.midi_transformer import parse_layer_list
+    from .pipelines.batch import ReadLimits, check_output_format, plan_folder, read_single_scene
+    from .pipelines.loading import load_pipeline, resolve_dtype
     from .pipelines.pipeline_midi import ExtractionOptions
-    from .pipelines.scene import EXPORT_FORMATS, GenerateOptions, export_scene, generate_scene, load_scene
+    from .pipelines.scene import GenerateOptions
 
     _setup_logging(quiet)
-    if not input.exists():
-        _fail(f"{input}: file not found")
-    if fmt not in EXPORT_FORMATS:
-        _fail(f"--format {fmt}: use one of {', '.join(EXPORT_FORMATS)}")
-    if extract is Extract.hierarchical and smooth:
-        _fail("--smooth applies to --extract dense only")
-    resolution, guidance = sampling_defaults(model).resolve(resolution, guidance)
-    _check_resolution(resolution)
-    try:
-        layers = parse_layer_list(mi_layers)
-    except ValueError:
-        _fail(f"--mi-layers {mi_layers!r}: expected e.g. '8-12', '8,9,10', 'none' or 'default'")
+    limits = ReadLimits(max_instances=max_instances, max_pixels=max_pixels)
+    with _one_line_errors():
+        if not input.exists():
+            raise InputError(f"{input}: file not found")
+        if extract is Extract.hierarchical and smooth:
+            raise InputError("--smooth applies to --extract dense only")
+        _check_sampling(steps, guidance, resolution, mi_layers)
+        torch_dtype = resolve_dtype(dtype.value, device)
+        if input.is_dir():
+            out = output or Path("outputs")
+            plan = plan_folder(input, out, fmt, overwrite)
+        else:
+            out = check_output_format(output or Path(f"{input.stem}.glb"))
+            scene = read_single_scene(input, seg, limits, allow_pickle=trust_pickle)
+    _require_writable(out if input.is_dir() else out.parent)
+    if input.is_dir():
+        if plan.skipped and not quiet:
+            err_console.print(f"{len(plan.skipped)} scene(s) already in {out}: skipped (--overwrite redoes them)",
+                              highlight=False)
+        if not plan.todo:
+            return
+        remove_stale_temporaries(out)  # left by a run that was killed while writing
     options = GenerateOptions(
         steps=steps, guidance=guidance, seed=seed, pad=pad, num_latent_tokens=latent_tokens,
+        max_instances=max_instances,
         extraction=ExtractionOptions(method=extract.value, resolution=resolution, smooth=smooth),
         postprocess=None if no_postprocess else PostprocessConfig(target_faces=faces),
     )
-
+    with _one_line_errors():
+        pipe = load_pipeline(model, torch_dtype, device, mi_layers, trust_pickle, lora, lora_scale, quiet)
     if input.is_dir():
-        pairs = _scene_pairs(input)
-        if not pairs:
-            _fail(f"{input}: no NAME_rgb.png + NAME_seg.png pairs in this folder")
-        out_dir = output or Path("outputs")
-        if out_dir.exists() and not out_dir.is_dir():
-            _fail(f"{out_dir}: exists and is not a folder")
-        try:
-            targets = {name: child_path(out_dir, f"{name}.{fmt}", image) for name, image, _ in pairs}
-        except InputError as err:
-            _fail(str(err))
-        done = [name for name, _, _ in pairs if targets[name].is_file()]
-        if done and not overwrite:
-            pairs = [pair for pair in pairs if pair[0] not in done]
-            if not quiet:
-                err_console.print(f"{len(done)} scene(s) already in {out_dir}: skipped (--overwrite redoes them)",
-                                  highlight=False)
-            if not pairs:
-                return
+        _generate_folder(pipe, plan, options, limits, out, quiet)
     else:
-        out_path = output or Path(f"{input.stem}.glb")
-        if out_path.suffix.lower().lstrip(".") not in EXPORT_FORMATS:
-            _fail(f"{out_path}: unsupported output format {out_path.suffix!r} (use .glb, .obj or .ply)")
-        try:
-            scene = (load_scene(input, seg, max_instances=max_instances, max_pixels=max_pixels) if seg is not None
-                     else _segment_first(input, trust_pickle, max_pixels))
-        except (InputError, ValueError) as err:
-            _fail(str(err))
+        _generate_one(pipe, scene, options, out, quiet)
 
-    _require_writable(out_dir if input.is_dir() else out_path.parent)
-    if input.is_dir():
-        remove_stale_temporaries(out_dir)  # left by a run that was killed while writing
-    torch_dtype = _torch_dtype(dtype, device)
-    try:
-        pipe = _load_pipeline(model, torch_dtype, device, layers, trust_pickle, quiet, lora, lora_scale)
-    except (CheckpointError, ValueError) as err:
-        _fail(str(err))
 
-    if not input.is_dir():
-        start = time.perf_counter()
-        try:
-            result = generate_scene(pipe, scene, options)
-            export_scene(result, out_path)
-        except InputError as err:  # OutputError included: nothing is left under out_path
-            _fail(str(err))
-        if not quiet:
-            _summary(out_path, result, time.perf_counter() - start)
-        return
+def _generate_one(pipe, scene, options, out: Path, quiet: bool) -> None:
+    from .pipelines.batch import generate_file, summary_line
 
-    failed = 0
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, disable=quiet, transient=True) as progress:
-        task = progress.add_task("scenes", total=len(pairs))
-        for written, (name, image, seg_path) in enumerate(pairs):
-            start = time.perf_counter()
-            try:
-                scene = load_scene(image, seg_path, max_instances=max_instances, max_pixels=max_pixels)
-                result = generate_scene(pipe, scene, options)
-                path = export_scene(result, targets[name])
-                if not quiet:
-                    progress.console.print(_summary_line(path, result, time.perf_counter() - start), highlight=False)
-            except OutputError as err:  # a full disk or a read-only folder fails every later scene too
-                progress.stop()
-                _fail(f"{err}; stopped after {written - failed} scene(s) (rerun to continue)")
-            except (InputError, ValueError, RuntimeError) as err:
-                failed += 1
-                progress.console.print(f"[red]failed[/] {name}: {err}", highlight=False)
-            progress.advance(task)
+    start = time.perf_counter()
+    with _one_line_errors():  # an OutputError leaves nothing under out
+        result = generate_file(pipe, scene, options, out)
     if not quiet:
-        err_console.print(f"{len(pairs) - failed}/{len(pairs)} scenes written to {out_dir}", highlight=False)
-    if failed:
+        console.print(summary_line(out, result, time.perf_counter() - start), highlight=False)
+
+
+def _generate_folder(pipe, plan, options, limits, out: Path, quiet: bool) -> None:
+    from .pipelines.batch import generate_folder, summary_line
+    from .progress import progress_bar, say
+
+    with progress_bar(total=len(plan.todo), desc="scenes", disable=quiet) as bar:
+        def done(pair, result, error, seconds):
+            bar.update()
+            if error is not None:
+                say(f"failed {pair.name}: {error}")
+            elif not quiet:
+                say(summary_line(pair.output, result, seconds))
+
+        with _one_line_errors():
+            report = generate_folder(pipe, plan, options, limits, on_scene=done)
+    if not quiet:
+        err_console.print(f"{len(report.written)}/{len(plan.todo)} scenes written to {out}", highlight=False)
+    if report.failed:
         raise typer.Exit(EXIT_SCENES_FAILED)
-
-
-def _segment_first(image: Path, trust_pickle: bool = False, max_pixels: int = 64_000_000):
-    """Scene inputs for an image without a label map: automatic SAM when ``$MIDI3D_SAM_CHECKPOINT``
-    is set, else the rough ``classic`` segmentation."""
-    import os
-
-    from .io.errors import InputError
-    from .io.images import load_rgb
-    from .pipelines.scene import SceneInputs
-    from .segmentation import ClassicSegmenter
-    from .segmentation.sam import CHECKPOINT_ENV, SamSegmenter
-
-    rgb = load_rgb(image, max_pixels=max_pixels)
-    if os.environ.get(CHECKPOINT_ENV):
-        segmenter, how = SamSegmenter(None, allow_pickle=trust_pickle), "automatic SAM"
-    else:
-        segmenter, how = ClassicSegmenter(), "rough classic"
-    labels = segmenter.segment(rgb)
-    count = int(labels.max())
-    if count == 0:
-        raise InputError(f"{image}: the {how} segmentation found no object; pass --seg LABELS.png")
-    logging.getLogger("midi3d").warning("%s: no --seg given, using the %s segmentation (%d instances); "
-                                        "check it with `midi3d segment` or pass --seg", image, how, count)
-    return SceneInputs(rgb, labels, name=image.stem)
 
 
 class Backend(str, Enum):
@@ -297,7 +234,10 @@ def segment(
     points: list[str] = typer.Option([], "--points", help="SAM point prompts 'x,y' (repeat or space-separate)."),
     boxes: list[str] = typer.Option([], "--boxes", help="SAM box prompts 'x0,y0,x1,y1' (repeat or space-separate)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled SAM .pth (weights_only)."),
-    max_instances: int = typer.Option(64, "--max-instances"),
+    max_instances: int = typer.Option(DEFAULT_MAX_INSTANCES, "--max-instances", min=1,
+                                      help="Refuse label maps with more instances (automatic back ends keep this "
+                                           "many largest)."),
+    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=4, help="Refuse larger images."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Write an instance label map for IMAGE and an overlay preview (<output>_overlay.png)."""
@@ -310,13 +250,13 @@ def segment(
     if output.suffix.lower() != ".png":
         _fail(f"{output}: the label map is written as PNG; use a .png name")
     try:
-        rgb = load_rgb(image)
+        rgb = load_rgb(image, max_pixels=max_pixels)
         if (points or boxes) and backend is not Backend.sam:
             _fail("--points/--boxes are SAM prompts; add --backend sam")
         if backend is Backend.labelmap:
             if labels is None:
                 _fail("--backend labelmap needs --labels FILE")
-            segmenter = BACKENDS["labelmap"](labels, max_instances=max_instances)
+            segmenter = BACKENDS["labelmap"](labels, max_instances=max_instances, max_pixels=max_pixels)
         elif backend is Backend.sam:
             segmenter = BACKENDS["sam"](sam_checkpoint, allow_pickle=trust_pickle,
                                         points=_parse_prompts(points, 2, "--points"),
@@ -336,17 +276,6 @@ def segment(
         console.print(f"{output}: {int(result.max())} instances ({backend.value}); preview {preview}", highlight=False)
 
 
-def _summary_line(path: Path, result, seconds: float) -> str:
-    made = len(result.ids) - len(result.empty_ids)
-    timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
-    empty = f" (no surface: {', '.join(map(str, result.empty_ids))})" if result.empty_ids else ""
-    return f"{path}: {made}/{len(result.ids)} instances{empty} in {seconds:.1f}s ({timing})"
-
-
-def _summary(path: Path, result, seconds: float) -> None:
-    console.print(_summary_line(path, result, seconds), highlight=False)
-
-
 @app.command()
 def synth(
     out: Path = typer.Option(..., "--out", help="Dataset root to write (3D-Front/MIDI layout)."),
@@ -363,6 +292,7 @@ def synth(
     import os
 
     from .data.synth import SynthConfig, generate_dataset
+    from .progress import progress_bar
 
     _setup_logging(quiet)
     if out.exists() and not out.is_dir():
@@ -372,11 +302,9 @@ def synth(
     _require_writable(out)
     config = SynthConfig(seed=seed, views=views, image_size=image_size, surface_points=surface_points, frame=frame)
     start = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, disable=quiet, transient=True) as progress:
-        task = progress.add_task("scenes", total=scenes)
+    with progress_bar(total=scenes, desc="scenes", disable=quiet) as bar:
         generate_dataset(out, scenes, config, jobs=jobs or os.cpu_count() or 1,
-                         progress=lambda done, total: progress.update(task, completed=done))
+                         progress=lambda done, total: bar.update(done - bar.n))
     if not quiet:
         console.print(f"{scenes} scenes in {out} ({time.perf_counter() - start:.1f}s); folder-mode pairs in "
                       f"{out / 'pairs'}", highlight=False)
@@ -395,29 +323,26 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Train the shape VAE or the diffusion transformer (full, or LoRA), resumably, on accelerate."""
-    from .io.errors import OutputError
-    from .models.checkpoint import CheckpointError
     from .training.config import load_train_config
     from .training.run import run_training
 
     _setup_logging(quiet)
     logging.getLogger("midi3d").setLevel(logging.ERROR if quiet else logging.INFO)
-    try:
-        settings = load_train_config(config, overrides)
-    except (ValueError, OSError) as err:
-        _fail(str(err))
-    if not data.is_dir():
-        _fail(f"{data}: dataset folder not found")
+    with _one_line_errors():
+        try:
+            settings = load_train_config(config, overrides)
+        except OSError as err:
+            raise ValueError(str(err)) from None
+        if not data.is_dir():
+            raise FileNotFoundError(f"{data}: dataset folder not found")
     _require_writable(out)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    try:
+    with _one_line_errors():
         result = run_training(settings, data, out, init=init, cache_dir=cache_dir, quiet=quiet,
                               allow_pickle=trust_pickle)
-    except (CheckpointError, FileNotFoundError, OutputError) as err:
-        _fail(str(err))
     if not quiet:
         console.print(f"trained {settings.kind} to step {result['step']} (last loss {result['loss']:.4f}, "
                       f"{result['seconds']:.0f}s this run); model in {out / 'final'}", highlight=False)
@@ -435,7 +360,7 @@ def demo(
     max_instances: int = typer.Option(16, "--max-instances"),
     queue_size: int = typer.Option(8, "--queue-size", help="Waiting generations beyond the running one."),
     resolution: int | None = typer.Option(None, "--resolution", help="Mesh extraction grid (cells per axis, power "
-                                          "of two); default 128 with the embedded model, 256 with --model."),
+                                          "of two); default: the model folder's (embedded 128, official 256)."),
     cache_ttl: int = typer.Option(240, "--cache-ttl", min=2,
                                   help="Seconds before Gradio deletes uploads and results of past requests."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
@@ -449,8 +374,8 @@ def demo(
         _fail(f"{model}: not a pipeline folder (no model_index.json)")
     limits = DemoLimits(max_upload_mb=max_upload_mb, max_side=max_side, max_instances=max_instances,
                         queue_size=queue_size)
-    if resolution is not None:
-        _check_resolution(resolution)
+    with _one_line_errors():
+        _check_sampling(None, None, resolution, None)
     if not quiet:
         console.print(f"midi3d demo on http://{host}:{port} (Ctrl+C to stop)", highlight=False)
     launch(DemoConfig(limits, model=model, sam_checkpoint=sam_checkpoint, resolution=resolution, cache_ttl_s=cache_ttl),
@@ -481,123 +406,86 @@ def evaluate(
                                                 "(official), none for blendswap."),
     min_area: float = typer.Option(0.001, "--min-area", help="Drop objects whose mask covers <= this fraction."),
     points: int = typer.Option(20480, "--points", help="Surface samples per object."),
-    steps: int = typer.Option(50, "--steps", min=1),
+    steps: int | None = typer.Option(None, "--steps", help="Denoising steps; default: the model folder's (50)."),
     guidance: float | None = typer.Option(None, "--guidance",
-                                          help="Guidance scale; default 2 with the embedded model, 7 with --model."),
-    seed: int = typer.Option(42, "--seed"),
+                                          help="Guidance scale; default: the model folder's (embedded 2, official 7)."),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed"),
     extract: Extract = typer.Option(Extract.hierarchical, "--extract",
                                     help="hierarchical, or dense for the strict official protocol."),
     resolution: int | None = typer.Option(None, "--resolution",
-                                          help="Meshing grid; default 128 with the embedded model, 256 with --model."),
+                                          help="Meshing grid; default: the model folder's (embedded 128, official 256)."),
+    device: str = typer.Option("cpu", "--device"),
+    dtype: DType = typer.Option(DType.float32, "--dtype"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run scenes that failed before."),
     save_visuals: bool = typer.Option(False, "--save-visuals",
                                       help="Write OUT/visuals/<key>.png: input, masks, prediction, ground truth."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
     """Score a method on 3D-Front or BlendSwap (CD, F-Score, IoU-B at scene and object level)."""
-    import os
-
-    from .data.datasets import DATASETS, ObjectFilter
-    from .eval.runner import EvalOptions, ResultLog, export_ground_truth, load_prediction, run, summarise
-    from .eval.runner import summary_rows, write_summary
-    from .io.errors import OutputError
-    from .io.files import remove_stale_temporaries
+    from .eval.benchmark import BenchmarkSpec, clean_outputs, open_benchmark
 
     _setup_logging(quiet)
     _require_writable(export_gt if export_gt is not None else out)
-    if os.environ.get("RANK", "0") == "0":  # one process of an accelerate launch cleans up
-        for folder in (export_gt, out, out / "visuals"):
-            if folder is not None:
-                remove_stale_temporaries(folder)
-    if dataset not in DATASETS:
-        _fail(f"--dataset {dataset}: use one of {', '.join(DATASETS)}")
-    if max_objects is None:
-        max_objects = 7 if dataset == "3dfront" else 0
-    object_filter = ObjectFilter(min_area_fraction=min_area, max_objects=max_objects)
-    try:
-        if dataset == "3dfront":
-            data = DATASETS[dataset](root, views=[v.strip() for v in views.split(",") if v.strip()],
-                                     test_size=test_size, object_filter=object_filter, points=points)
-        else:
-            data = DATASETS[dataset](root, object_filter=object_filter, points=points)
-    except (FileNotFoundError, ValueError) as err:
-        _fail(str(err))
-    keys = data.keys()[:limit] if limit else data.keys()
-
+    clean_outputs(export_gt, out, out / "visuals")
+    spec = BenchmarkSpec(dataset=dataset, root=root, views=[v.strip() for v in views.split(",") if v.strip()],
+                         test_size=test_size, max_objects=max_objects, min_area=min_area, points=points, limit=limit)
+    with _one_line_errors():
+        data, keys = open_benchmark(spec)
     if export_gt is not None:
-        written, failed = 0, 0
-        for index, key in enumerate(data.keys()):
-            if key not in keys:
-                continue
-            try:
-                export_ground_truth(data.load(index), export_gt)
-                written += 1
-            except Exception as err:  # report and go on with the other scenes
-                failed += 1
-                err_console.print(f"[red]failed[/] {key}: {type(err).__name__}: {err}", highlight=False)
-        if not quiet:
-            console.print(f"ground truth of {written} scenes written to {export_gt}", highlight=False)
-        raise typer.Exit(EXIT_SCENES_FAILED if failed else 0)
+        _export_ground_truth(data, keys, export_gt, quiet)
+    with _one_line_errors():
+        predictor = _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, resolution)
+    _score(data, keys, predictor, out, icp.value, points, seed, retry_failed, save_visuals, quiet)
+
+
+def _export_ground_truth(data, keys, export_gt: Path, quiet: bool) -> None:
+    from .eval.benchmark import export_all_ground_truth
+
+    def failed(key, err):
+        err_console.print(f"[red]failed[/] {key}: {type(err).__name__}: {err}", highlight=False)
+
+    written, failures = export_all_ground_truth(data, keys, export_gt, on_failure=failed)
+    if not quiet:
+        console.print(f"ground truth of {written} scenes written to {export_gt}", highlight=False)
+    raise typer.Exit(EXIT_SCENES_FAILED if failures else 0)
+
+
+def _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, resolution):
+    from .eval.benchmark import files_predictor, model_predictor
+    from .pipelines.loading import load_pipeline, resolve_dtype
+    from .pipelines.pipeline_midi import ExtractionOptions
+    from .pipelines.scene import GenerateOptions
 
     if pred_dir is not None:
-        if not pred_dir.is_dir():
-            _fail(f"{pred_dir}: prediction folder not found")
+        return files_predictor(pred_dir)
+    _check_sampling(steps, guidance, resolution, None)
+    pipe = load_pipeline(model, resolve_dtype(dtype.value, device), device, quiet=True)
+    options = GenerateOptions(steps=steps, guidance=guidance, seed=seed, postprocess=None,
+                              extraction=ExtractionOptions(method=extract.value, resolution=resolution))
+    return model_predictor(pipe, options)
 
-        def predictor(scene):
-            return load_prediction(pred_dir / f"{scene.key}.glb")
-    else:
-        from .embedded import sampling_defaults
-        from .pipelines.pipeline_midi import ExtractionOptions
-        from .pipelines.scene import GenerateOptions, SceneInputs, generate_scene
 
-        resolution, guidance = sampling_defaults(model).resolve(resolution, guidance)
-        try:
-            pipe = _load_pipeline(model, _torch_dtype(DType.float32, "cpu"), "cpu", None, False, True)
-        except ValueError as err:
-            _fail(str(err))
-        options = GenerateOptions(steps=steps, guidance=guidance, seed=seed, postprocess=None,
-                                  extraction=ExtractionOptions(method=extract.value, resolution=resolution, smooth=False))
+def _score(data, keys, predictor, out: Path, icp: str, points: int, seed: int, retry_failed: bool,
+           save_visuals: bool, quiet: bool) -> None:
+    from .eval.benchmark import process_group, score_benchmark
+    from .eval.runner import EvalOptions, summary_rows
+    from .progress import progress_bar, say
 
-        def predictor(scene):
-            result = generate_scene(pipe, SceneInputs(scene.rgb, scene.labels, name=scene.key), options)
-            return {i: m for i, m in zip(result.ids, result.meshes) if m is not None}
-
-    rank, world, state = 0, 1, None
-    try:
-        from accelerate import PartialState
-
-        state = PartialState(cpu=True)
-        rank, world = state.process_index, state.num_processes
-    except ImportError:
-        pass
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, disable=quiet or rank != 0, transient=True) as progress:
-        task = progress.add_task("scenes", total=len(range(rank, len(keys), world)))
-
+    rank, world, _ = process_group()
+    with progress_bar(total=len(range(rank, len(keys), world)), desc="scenes", disable=quiet or rank != 0) as bar:
         def report(key, record):
-            progress.advance(task)
+            bar.update()
             if record["status"] != "ok" and not quiet:
-                progress.console.print(f"[red]failed[/] {key}: {record['error']}", highlight=False)
+                say(f"failed {key}: {record['error']}")
 
-        try:
-            run(data, predictor, out, EvalOptions(icp=icp.value, points=points, seed=seed), keys=keys, rank=rank,
-                world=world, retry_failed=retry_failed, progress=report,
-                visuals_dir=out / "visuals" if save_visuals else None)
-        except OutputError as err:
-            progress.stop()
-            _fail(f"{err}; scored scenes so far are kept (rerun to continue)")
-    if state is not None:
-        state.wait_for_everyone()
-    if rank != 0:
+        with _one_line_errors("; scored scenes so far are kept (rerun to continue)"):
+            summary = score_benchmark(data, keys, predictor, out, EvalOptions(icp=icp, points=points, seed=seed),
+                                      retry_failed=retry_failed, save_visuals=save_visuals, on_scene=report)
+    if summary is None:  # not rank 0
         return
-    summary = summarise(ResultLog(out).records(), keys, icp.value)
-    try:
-        write_summary(out, summary)
-    except OutputError as err:
-        _fail(str(err))
     if not quiet:
         header, values = summary_rows(summary)
-        console.print(f"ICP {icp.value}: " + ", ".join(f"{h} {v}" for h, v in zip(header, values)), highlight=False)
+        console.print(f"ICP {icp}: " + ", ".join(f"{h} {v}" for h, v in zip(header, values)), highlight=False)
         console.print(f"summary: {out / 'summary.md'}", highlight=False)
     if summary["failed"]:
         raise typer.Exit(EXIT_SCENES_FAILED)

@@ -6,6 +6,8 @@ Reads and writes the official MIDI-3D pipeline folder layout. Readable top to bo
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,10 +22,10 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ..embedded import OFFICIAL_DEFAULTS, SamplingDefaults
 from ..geometry.extraction import GridResult, dense_grids, extract_meshes
 from ..geometry.postprocess import PostprocessConfig, postprocess_mesh
 from ..io.files import write_folder_atomic
+from ..io.labelmap import DEFAULT_MAX_INSTANCES
 from ..models.autoencoders.shape_vae import ShapeVAE
 from ..models.checkpoint import (
     CheckpointError,
@@ -33,21 +35,17 @@ from ..models.checkpoint import (
     weight_files,
     write_json,
 )
-from ..models.image_encoders import (
-    build_image_processor,
-    clip_pixels,
-    dino_pixels,
-    encode_clip,
-    encode_dino,
-)
+from ..models.image_encoders import build_image_processor, clip_pixels, dino_pixels, encode_clip, encode_dino
+from ..models.layer_spec import LayerSpec, is_default, parse_layer_list
 from ..models.transformers.midi_transformer import MIDITransformer
 from ..schedulers.rectified_flow import RectifiedFlowScheduler
+from .preprocess import InstanceInputs, scene_instances
+from .sampling import MI_LAYERS_KEY, OFFICIAL_DEFAULTS, SAMPLING_KEY, SamplingDefaults
 
 logger = logging.getLogger(__name__)
 
 COMPONENTS = ("transformer", "vae", "scheduler", "image_encoder_1", "image_encoder_2",
               "feature_extractor_1", "feature_extractor_2")
-MI_LAYERS_KEY = "_midi3d_mi_layers"
 
 
 @dataclass
@@ -55,7 +53,7 @@ class ExtractionOptions:
     """How latents become meshes (see :mod:`midi3d.geometry.extraction`)."""
 
     method: str = "hierarchical"
-    resolution: int | None = None  # None: the pipeline's default (``MIDIPipeline.sampling_defaults``)
+    resolution: int | None = None  # None: the pipeline folder's default (``MIDIPipeline.sampling_defaults``)
     coarse_resolution: int = 32  # clamped to the resolution for grids smaller than 32³
     progressive: bool = True
     smooth: bool = False
@@ -65,12 +63,33 @@ class ExtractionOptions:
 
 @dataclass
 class MIDIPipelineOutput(BaseOutput):
-    """``latents`` ``[B, T, C]``; ``meshes`` one per instance (``None`` if it has no surface)."""
+    """What one call produced.
 
-    latents: torch.Tensor
+    ``latents`` ``[B, T, C]``; ``meshes`` one per entry of ``instance_ids`` in the scene frame
+    (``None`` where the field has no zero crossing; ``meshes`` is ``None`` for
+    ``output_type="latent"``); ``empty_ids`` the ids without a surface; ``timings`` seconds per stage; ``settings`` the
+    resolved values used (steps, guidance, resolution, layers, …).
+    """
+
+    latents: torch.Tensor | None = None
     meshes: list[trimesh.Trimesh | None] | None = None
+    instance_ids: list[int] = field(default_factory=list)
     num_sdf_queries: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def ids(self) -> list[int]:  # the name scene helpers and exporters use
+        return self.instance_ids
+
+    @property
+    def empty_ids(self) -> list[int]:
+        """Ids whose field has no zero crossing (no mesh); ``[]`` for latent output."""
+        return [i for i, m in zip(self.instance_ids, self.meshes or []) if m is None or len(m.faces) == 0]
+
+    def meshes_by_id(self) -> dict[int, trimesh.Trimesh]:
+        """``{instance id: mesh}`` for the instances that have a surface."""
+        return {i: m for i, m in zip(self.instance_ids, self.meshes or []) if m is not None and len(m.faces)}
 
 
 # -- component loading -------------------------------------------------------------------------
@@ -156,12 +175,15 @@ SAVED_PROCESSOR_NAMES = {"clip": "CLIPImageProcessor", "bit": "BitImageProcessor
 
 
 class MIDIPipeline(DiffusionPipeline):
-    """Multi-instance diffusion for compositional 3D scene generation."""
+    """Multi-instance diffusion for compositional 3D scene generation.
+
+    ``sampling_defaults`` (steps, guidance, meshing resolution) are read from the folder's
+    ``model_index.json`` and written back by :meth:`save_pretrained`; every value a caller
+    leaves ``None`` takes them.
+    """
 
     model_cpu_offload_seq = "image_encoder_1->image_encoder_2->transformer->vae"
-    # What high-level callers (``generate_scene``, ``extract``) use when given no value; the
-    # embedded model's loader replaces it with its own.
-    sampling_defaults: SamplingDefaults = OFFICIAL_DEFAULTS
+    _callback_tensor_inputs = ["latents", "model_input", "model_output"]
 
     def __init__(self, transformer: MIDITransformer, vae: ShapeVAE, scheduler: RectifiedFlowScheduler,
                  image_encoder_1, image_encoder_2, feature_extractor_1, feature_extractor_2):
@@ -169,54 +191,77 @@ class MIDIPipeline(DiffusionPipeline):
         self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler,
                               image_encoder_1=image_encoder_1, image_encoder_2=image_encoder_2,
                               feature_extractor_1=feature_extractor_1, feature_extractor_2=feature_extractor_2)
+        self.sampling_defaults: SamplingDefaults = OFFICIAL_DEFAULTS
+        self.default_mi_layers: tuple[int, ...] | None = None  # the folder's; None = the released rule
+
+    def set_multi_instance_layers(self, layers: LayerSpec = None) -> None:
+        """Multi-instance attention on ``layers`` (:mod:`midi3d.models.layer_spec`); ``None`` or
+        ``"default"`` = the layers recorded in the folder (else the released model's rule)."""
+        self.transformer.set_multi_instance_layers(self.default_mi_layers if is_default(layers) else layers)
 
     # -- loading / saving ----------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                        mi_layers: Sequence[int] | None = None, allow_pickle: bool = False) -> MIDIPipeline:
+    def from_pretrained(cls, folder: str | Path, torch_dtype: torch.dtype | None = None,
+                        device: str | torch.device = "cpu", mi_layers: LayerSpec = None,
+                        allow_pickle: bool = False, dtype: torch.dtype | None = None) -> MIDIPipeline:
         """Load a pipeline folder in the official layout, strictly (no missing/unexpected key).
 
         Args:
             folder: the pipeline folder (``model_index.json`` and one sub-folder per component).
-            dtype: parameter dtype of the networks (float32 on CPU by default).
-            mi_layers: multi-instance block indices; ``None`` uses the folder's recorded list
-                or the released model's layers.
+            torch_dtype: parameter dtype of the networks (float32 by default); ``dtype`` is an alias.
+            mi_layers: multi-instance blocks (:mod:`midi3d.models.layer_spec`); ``None`` uses the
+                folder's recorded list or the released model's layers.
             allow_pickle: accept ``.bin``/``.ckpt`` weights (``weights_only`` loading).
         """
+        if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+            raise ValueError(f"torch_dtype={torch_dtype} and dtype={dtype} disagree; pass one")
+        torch_dtype = torch_dtype or dtype or torch.float32
         folder = Path(folder)
         if not folder.is_dir():
             raise CheckpointError(f"{folder}: pipeline folder not found")
         index = read_json(folder / "model_index.json")
-        components = {}
-        for name in COMPONENTS:
-            entry = index.get(name)
-            if not (isinstance(entry, list) and len(entry) == 2):
-                raise CheckpointError(f"{folder / 'model_index.json'}: missing component {name!r}")
-            class_name = entry[1]
-            loader = COMPONENT_LOADERS.get(class_name)
-            if loader is None:
-                raise CheckpointError(f"{folder / 'model_index.json'}: unsupported class {class_name!r} for {name} "
-                                      "(classes named by a checkpoint are never imported)")
-            if not (folder / name).is_dir():
-                raise CheckpointError(f"{folder / name}: component folder not found")
-            components[name] = loader(folder / name, dtype, allow_pickle)
+        try:
+            defaults = SamplingDefaults.from_index(index, str(folder / "model_index.json"))
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
+        components = {name: cls._load_component(folder, index, name, torch_dtype, allow_pickle)
+                      for name in COMPONENTS}
         pipe = cls(**components)
-        if mi_layers is None and isinstance(index.get(MI_LAYERS_KEY), list):
-            mi_layers = index[MI_LAYERS_KEY]
-        pipe.transformer.set_multi_instance_layers(mi_layers)
+        pipe.sampling_defaults = defaults
+        recorded = index.get(MI_LAYERS_KEY)
+        if recorded is not None:
+            try:
+                pipe.default_mi_layers = tuple(parse_layer_list(recorded, pipe.transformer.config.num_layers))
+            except ValueError as err:
+                raise CheckpointError(f"{folder / 'model_index.json'}: {MI_LAYERS_KEY}: {err}") from None
+        pipe.set_multi_instance_layers(mi_layers)
         return pipe.to(device)
+
+    @staticmethod
+    def _load_component(folder: Path, index: dict, name: str, dtype: torch.dtype, allow_pickle: bool):
+        entry = index.get(name)
+        if not (isinstance(entry, list) and len(entry) == 2):
+            raise CheckpointError(f"{folder / 'model_index.json'}: missing component {name!r}")
+        loader = COMPONENT_LOADERS.get(entry[1])
+        if loader is None:
+            raise CheckpointError(f"{folder / 'model_index.json'}: unsupported class {entry[1]!r} for {name} "
+                                  "(classes named by a checkpoint are never imported)")
+        if not (folder / name).is_dir():
+            raise CheckpointError(f"{folder / name}: component folder not found")
+        return loader(folder / name, dtype, allow_pickle)
 
     def save_pretrained(self, folder: str | Path, **_: object) -> None:
         """Write the official layout (official class names) atomically: a temporary sibling folder
-        is filled, then swapped in, so an existing folder is never left half-written."""
+        is filled, then swapped in, so an existing folder is never left half-written. The
+        sampling defaults and multi-instance layers go into ``model_index.json``."""
         write_folder_atomic(Path(folder), self._write_folder)
 
     def _write_folder(self, folder: Path) -> None:
         import diffusers
 
         index = {"_class_name": "MIDIPipeline", "_diffusers_version": diffusers.__version__,
-                 MI_LAYERS_KEY: list(self.transformer.mi_layers)}
+                 MI_LAYERS_KEY: list(self.transformer.mi_layers), SAMPLING_KEY: self.sampling_defaults.to_index()}
         for name in ("transformer", "vae"):
             model = getattr(self, name)
             config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
@@ -239,11 +284,45 @@ class MIDIPipeline(DiffusionPipeline):
             index[name] = ["transformers", SAVED_PROCESSOR_NAMES[kind]]
         write_json(folder / "model_index.json", index)
 
-    def to_dtype(self, dtype: torch.dtype) -> MIDIPipeline:
-        """Cast every network to ``dtype`` (diffusers' ``to(dtype=)`` warns spuriously here)."""
-        for name in ("transformer", "vae", "image_encoder_1", "image_encoder_2"):
-            torch.nn.Module.to(getattr(self, name), dtype=dtype)
-        return self
+    def to(self, *args, **kwargs) -> MIDIPipeline:
+        """diffusers' ``to``: a device and/or a dtype (``pipe.to("cuda", torch.bfloat16)``).
+
+        diffusers 0.42 warns about float32-only modules on every dtype cast even when a model has
+        none (``_keep_in_fp32_modules`` empty); that warning is muted here, nothing else.
+        """
+        from diffusers.utils import logging as diffusers_logging
+
+        log = diffusers_logging.get_logger("diffusers.models.modeling_utils")
+        level = log.level
+        log.setLevel(logging.ERROR)
+        try:
+            return super().to(*args, **kwargs)
+        finally:
+            log.setLevel(level)
+
+    # -- LoRA (diffusers' PEFT integration on the transformer) ---------------------------------
+
+    def load_lora_weights(self, folder: str | Path, adapter_name: str = "default", scale: float = 1.0) -> None:
+        """Add the adapter folder written by ``midi3d train lora`` (peft layout) to the transformer
+        and activate it at ``scale`` (see :meth:`set_adapters`)."""
+        from ..models.lora import load_lora
+
+        load_lora(self.transformer, folder, adapter_name=adapter_name, scale=scale)
+
+    def set_adapters(self, adapter_names: str | list[str], adapter_weights: float | list[float] | None = None) -> None:
+        """Activate the named adapters with their weights (diffusers' ``set_adapters``)."""
+        self.transformer.set_adapters(adapter_names, adapter_weights)
+
+    def unload_lora_weights(self) -> None:
+        """Remove every adapter from the transformer."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        for module in self.transformer.modules():
+            if isinstance(module, BaseTunerLayer):
+                for name in list(module.lora_A):
+                    module.delete_adapter(name)
+        self.transformer._hf_peft_config_loaded = False
+        self.transformer.peft_config = {}
 
     # -- stages --------------------------------------------------------------------------------
 
@@ -268,18 +347,22 @@ class MIDIPipeline(DiffusionPipeline):
         """CLIP embeddings ``[B, 1, D1]`` and DINOv2 tokens ``[B, S2, D2]``."""
         embeds_1 = encode_clip(self.image_encoder_1, clip_pixels(self.feature_extractor_1, image))
         embeds_2 = encode_dino(self.image_encoder_2, dino_pixels(self.feature_extractor_2, image, image_scene, mask))
-        return embeds_1.to(self.transformer.dtype), embeds_2.to(self.transformer.dtype)
+        device = self._execution_device
+        return (embeds_1.to(device=device, dtype=self.transformer.dtype),
+                embeds_2.to(device=device, dtype=self.transformer.dtype))
 
     def prepare_latents(self, batch: int, num_tokens: int | None, generator, latents: torch.Tensor | None
                         ) -> torch.Tensor:
-        """Initial noise ``[B, T, C]``; ``T`` defaults to the transformer width (official rule)."""
+        """Initial noise ``[B, T, C]`` on the execution device; ``T`` defaults to the transformer
+        width (official rule)."""
         channels = self.transformer.config.in_channels
         tokens = num_tokens or self.transformer.config.width
+        device = self._execution_device
         if latents is not None:
             if latents.shape[0] != batch or latents.shape[-1] != channels:
                 raise ValueError(f"latents must be [{batch}, T, {channels}], got {tuple(latents.shape)}")
-            return latents.to(device=self.device, dtype=self.transformer.dtype)
-        return randn_tensor((batch, tokens, channels), generator=generator, device=self.device,
+            return latents.to(device=device, dtype=self.transformer.dtype)
+        return randn_tensor((batch, tokens, channels), generator=generator, device=device,
                             dtype=self.transformer.dtype)
 
     def decode_dense_grids(self, latents: torch.Tensor, octree_depth: int = 8, progressive: bool = True
@@ -293,7 +376,7 @@ class MIDIPipeline(DiffusionPipeline):
                 postprocess: PostprocessConfig | None = None) -> tuple[list[trimesh.Trimesh | None], int]:
         """Meshes in the scene frame for latents ``[B, T, C]``; returns ``(meshes, sdf_queries)``."""
         options = options or ExtractionOptions()
-        resolution = options.resolution or self.sampling_defaults.resolution
+        resolution = self.sampling_defaults.resolve(resolution=options.resolution).resolution
         coarse_resolution = min(options.coarse_resolution, resolution)
         sdfs = self.vae.sdf_functions(latents.to(self.vae.dtype), chunk_size=options.chunk_size)
         with self.progress_bar(total=len(sdfs)) as bar:
@@ -304,16 +387,26 @@ class MIDIPipeline(DiffusionPipeline):
             meshes = [postprocess_mesh(m, postprocess) if m is not None else None for m in meshes]
         return meshes, stats.num_queries
 
+    def _instance_inputs(self, image, mask, image_scene, pad: bool, max_instances: int) -> InstanceInputs:
+        """User-level inputs → per-instance lists: a scene image with its label map, or the lists."""
+        if isinstance(image, (list, tuple)):
+            if image_scene is None or mask is None:
+                raise ValueError("instance lists need mask= and image_scene= lists of the same length")
+            return InstanceInputs(list(range(len(image))), list(image), list(mask), list(image_scene))
+        if mask is None:
+            raise ValueError("a scene image needs its label map: pipe(image, label_map)")
+        return scene_instances(image, mask, pad=pad, max_instances=max_instances)
+
     # -- call ----------------------------------------------------------------------------------
 
     @torch.no_grad()
     def __call__(
         self,
-        image: Sequence[Image.Image | np.ndarray],
-        mask: Sequence[Image.Image | np.ndarray],
-        image_scene: Sequence[Image.Image | np.ndarray],
-        num_inference_steps: int = 50,
-        guidance_scale: float = 7.0,
+        image: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray],
+        mask: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray] | None = None,
+        image_scene: Sequence[Image.Image | np.ndarray] | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         num_instances: int | Sequence[int] | None = None,
@@ -321,63 +414,115 @@ class MIDIPipeline(DiffusionPipeline):
         output_type: str = "mesh",
         extraction: ExtractionOptions | None = None,
         postprocess: PostprocessConfig | None = None,
-        callback_on_step_end: Callable[[MIDIPipeline, int, torch.Tensor, dict], None] | None = None,
+        callback_on_step_end: Callable[[MIDIPipeline, int, torch.Tensor, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         return_dict: bool = True,
+        *,
+        label_map: Image.Image | np.ndarray | None = None,
+        seed: int | None = None,
+        pad: bool = False,
+        mi_layers: LayerSpec = None,
+        max_instances: int = DEFAULT_MAX_INSTANCES,
     ) -> MIDIPipelineOutput | tuple:
-        """Generate one latent set (and mesh) per instance.
+        """Generate one latent set (and mesh) per instance, all instances of a scene jointly.
 
         Args:
-            image: instance images (object on white), one per instance, scenes consecutive.
-            mask: instance masks (uint8, 0/255).
-            image_scene: the scene image of each instance.
-            num_instances: instances per scene: ``None`` = all in one scene, an int N for
-                scenes of N, or a list of per-scene counts (mixed sizes in one batch).
+            image: a scene image (RGB) with ``mask`` (or ``label_map``) its instance label map
+                ``[H, W]`` (0 = background); or a list of instance images (object on white) with
+                ``mask`` their masks (uint8 0/255) and ``image_scene`` their scene images.
+            num_inference_steps, guidance_scale: ``None`` = the folder's ``sampling_defaults``.
+            generator: noise generator; or ``seed`` to draw one on the execution device.
+            num_instances: instances per scene in list mode: ``None`` = all in one scene, an int N
+                for scenes of N, or a list of per-scene counts (mixed sizes in one batch).
             num_latent_tokens: latent tokens per instance (default: transformer width).
             output_type: ``"latent"`` or ``"mesh"``.
-            callback_on_step_end: called as ``fn(pipe, step, t, {"model_input", "model_output",
-                "latents"})`` after every step.
+            extraction: meshing options (its ``resolution`` ``None`` = the folder's default).
+            callback_on_step_end: diffusers' ``fn(pipe, step, t, callback_kwargs) -> dict``; the
+                kwargs hold the tensors named in ``callback_on_step_end_tensor_inputs`` (any of
+                ``_callback_tensor_inputs``); a returned ``"latents"`` replaces the latents.
+            pad: the official image padding (scene-image mode).
+            mi_layers: multi-instance blocks for this call only (``None``: as set on the pipeline).
         """
+        from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
         if output_type not in ("latent", "mesh"):
             raise ValueError(f"output_type must be 'latent' or 'mesh', got {output_type!r}")
-        counts = self.check_inputs(image, mask, image_scene, num_instances)
-        batch = len(image)
-        do_cfg = guidance_scale > 1.0
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        unknown = sorted(set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs))
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs {unknown}: not in {self._callback_tensor_inputs}")
+        if label_map is not None:
+            if mask is not None:
+                raise ValueError("pass the label map once: as mask or as label_map")
+            mask = label_map
+        extraction = extraction or ExtractionOptions()
+        settings = self.sampling_defaults.resolve(num_inference_steps, guidance_scale, extraction.resolution)
+        inputs = self._instance_inputs(image, mask, image_scene, pad, max_instances)
+        counts = self.check_inputs(inputs.images, inputs.masks, inputs.scenes,
+                                   num_instances if isinstance(image, (list, tuple)) else None)
+        if generator is None and seed is not None:
+            generator = torch.Generator(device=self._execution_device).manual_seed(seed)
 
+        with self._multi_instance_layers_for_call(mi_layers):
+            return self._sample(inputs, counts, settings, generator, latents, num_latent_tokens, output_type,
+                                extraction, postprocess, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                return_dict, seed, pad)
+
+    @contextlib.contextmanager
+    def _multi_instance_layers_for_call(self, layers: LayerSpec):
+        if layers is None:
+            yield
+            return
+        previous = list(self.transformer.mi_layers)
+        self.set_multi_instance_layers(layers)
+        try:
+            yield
+        finally:
+            self.transformer.set_multi_instance_layers(previous)
+
+    def _sample(self, inputs: InstanceInputs, counts: list[int], settings: SamplingDefaults, generator, latents,
+                num_latent_tokens, output_type, extraction, postprocess, callback_on_step_end,
+                callback_on_step_end_tensor_inputs, return_dict, seed, pad):
+        """encode → timesteps → noise → denoising loop → meshes, for checked inputs and settings."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        cond_1, cond_2 = self.encode_condition(image, mask, image_scene)
+        cond_1, cond_2 = self.encode_condition(inputs.images, inputs.masks, inputs.scenes)
         timings["encode"] = time.perf_counter() - start
+        do_cfg = settings.guidance > 1.0
         if do_cfg:
             cond_1 = torch.cat([torch.zeros_like(cond_1), cond_1])
             cond_2 = torch.cat([torch.zeros_like(cond_2), cond_2])
 
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        latents = self.prepare_latents(batch, num_latent_tokens, generator, latents)
-        attention_kwargs = {"num_instances": counts[0] if len(set(counts)) == 1 else counts}
-
         start = time.perf_counter()
+        self.scheduler.set_timesteps(settings.steps, device=self._execution_device)
+        latents = self.prepare_latents(len(inputs.images), num_latent_tokens, generator, latents)
+        attention_kwargs = {"num_instances": counts[0] if len(set(counts)) == 1 else counts}
         for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = torch.cat([latents] * 2) if do_cfg else latents
-            timestep = t.expand(model_input.shape[0])
-            velocity = self.transformer(model_input, timestep, cond_1, cond_2,
-                                        attention_kwargs=attention_kwargs).sample
-            model_output = velocity
+            model_output = self.transformer(model_input, t.expand(model_input.shape[0]), cond_1, cond_2,
+                                            attention_kwargs=attention_kwargs).sample
+            velocity = model_output
             if do_cfg:
-                uncond, cond = velocity.chunk(2)
-                velocity = uncond + guidance_scale * (cond - uncond)
+                uncond, cond = model_output.chunk(2)
+                velocity = uncond + settings.guidance * (cond - uncond)
             latents = self.scheduler.step(velocity, t, latents).prev_sample
             if callback_on_step_end is not None:
-                callback_on_step_end(self, step, t, {"model_input": model_input, "model_output": model_output,
-                                                     "latents": latents})
-
+                values = {"latents": latents, "model_input": model_input, "model_output": model_output}
+                returned = callback_on_step_end(self, step, t, {k: values[k] for k in callback_on_step_end_tensor_inputs})
+                latents = (returned or {}).pop("latents", latents)
         timings["denoise"] = time.perf_counter() - start
 
-        meshes, queries = (None, 0)
+        meshes, queries = None, 0
         if output_type == "mesh":
             start = time.perf_counter()
-            meshes, queries = self.extract(latents, extraction, postprocess)
+            meshes, queries = self.extract(latents, dataclasses.replace(extraction, resolution=settings.resolution),
+                                           postprocess)
             timings["decode"] = time.perf_counter() - start
         self.maybe_free_model_hooks()
         if not return_dict:
             return (latents, meshes)
-        return MIDIPipelineOutput(latents=latents, meshes=meshes, num_sdf_queries=queries, timings=timings)
+        used = {**settings.as_dict(), "seed": seed, "pad": pad, "mi_layers": list(self.transformer.mi_layers),
+                "extraction": extraction.method, "num_latent_tokens": int(latents.shape[1])}
+        return MIDIPipelineOutput(latents=latents, meshes=meshes, instance_ids=inputs.ids,
+                                  num_sdf_queries=queries, timings=timings, settings=used)

@@ -153,7 +153,7 @@ def mesh_sets(draw):
 @PROFILE
 @given(mesh_sets(), st.sampled_from(["glb", "obj", "ply"]))
 def test_any_mesh_set_exports_and_reloads_with_the_same_vertex_count(meshes, fmt):
-    result = SceneResult(list(range(1, len(meshes) + 1)), meshes, {})
+    result = SceneResult(meshes=meshes, instance_ids=list(range(1, len(meshes) + 1)))
     with tempfile.TemporaryDirectory() as folder:
         path = export_scene(result, Path(folder) / f"scene.{fmt}")
         if fmt == "glb":

@@ -50,23 +50,50 @@ def _as_pil(images: Sequence[ImageLike]) -> list[Image.Image]:
     return [img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, dtype=np.uint8)) for img in images]
 
 
+def resized_pixels(processor, images: Sequence[ImageLike]) -> Tensor:
+    """The processor's resize and centre crop, as uint8 ``[N, 3, h, w]`` (no rescale or
+    normalisation): what the training cache stores."""
+    pixels = processor(_as_pil(images), do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"]
+    return pixels.round().clamp(0, 255).to(torch.uint8)
+
+
+def normalised_pixels(processor, pixels: Tensor) -> Tensor:
+    """uint8 pixels from :func:`resized_pixels` → the processor's rescaled, normalised float32."""
+    x = pixels.float()
+    if processor.do_rescale:
+        x = x * float(processor.rescale_factor)
+    if processor.do_normalize:
+        mean = torch.tensor(processor.image_mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(processor.image_std, dtype=torch.float32)[:, None, None]
+        x = (x - mean) / std
+    return x
+
+
+def mask_pixels(masks: Sequence[ImageLike], size: tuple[int, int]) -> Tensor:
+    """Masks (0/255, full image size) → ``[N, 1, h, w]`` in {0, 1}: ``value / 255`` resized with
+    legacy nearest straight to ``size``, without the RGB channels' centre crop (official)."""
+    mask = torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) for m in masks]))[:, None] / 255.0
+    return F.interpolate(mask, size=tuple(size), mode="nearest")
+
+
 def clip_pixels(processor, images: Sequence[ImageLike]) -> Tensor:
     """Encoder-1 pixels ``[N, 3, h, w]`` from instance images (RGB uint8)."""
-    return processor(_as_pil(images), return_tensors="pt")["pixel_values"]
+    return normalised_pixels(processor, resized_pixels(processor, images))
+
+
+def dino_channels(processor, instance: Tensor, scene: Tensor, mask: Tensor) -> Tensor:
+    """Encoder-2 input ``[N, 7, h, w]`` from resized uint8 instance and scene pixels and the
+    resized mask: the one assembly shared by inference and training."""
+    return torch.cat([normalised_pixels(processor, instance), normalised_pixels(processor, scene),
+                      mask.to(torch.float32)], dim=1)
 
 
 def dino_pixels(processor, images: Sequence[ImageLike], scenes: Sequence[ImageLike],
                 masks: Sequence[ImageLike]) -> Tensor:
-    """Encoder-2 pixels ``[N, 7, h, w]``: instance RGB, scene RGB, mask.
-
-    The mask is ``value / 255`` resized with legacy nearest from the full image straight to
-    the processed size, without the RGB channels' centre crop (official behaviour).
-    """
-    instance = processor(_as_pil(images), return_tensors="pt")["pixel_values"]
-    scene = processor(_as_pil(scenes), return_tensors="pt")["pixel_values"]
-    mask = torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) for m in masks]))[:, None] / 255.0
-    mask = F.interpolate(mask, size=instance.shape[-2:], mode="nearest")
-    return torch.cat([instance, scene, mask], dim=1)
+    """Encoder-2 pixels ``[N, 7, h, w]``: instance RGB, scene RGB, mask (see :func:`mask_pixels`)."""
+    instance = resized_pixels(processor, images)
+    return dino_channels(processor, instance, resized_pixels(processor, scenes),
+                         mask_pixels(masks, instance.shape[-2:]))
 
 
 def encode_clip(encoder, pixels: Tensor) -> Tensor:

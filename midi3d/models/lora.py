@@ -1,4 +1,5 @@
-"""LoRA adapters on the diffusion transformer, through peft.
+"""LoRA adapters on the diffusion transformer, through diffusers' PEFT integration
+(``PeftAdapterMixin``: ``add_adapter``, ``set_adapters``, ``unload_lora``).
 
 An adapter folder holds ``adapter_config.json`` (peft's ``LoraConfig``) and
 ``adapter_model.safetensors`` (peft's state-dict key names), the layout peft and diffusers use.
@@ -31,24 +32,22 @@ def _lora_config(settings):
                       target_modules=list(settings.get("target_modules", ["to_q", "to_k", "to_v", "to_out.0"])))
 
 
-def add_lora(transformer: torch.nn.Module, settings) -> None:
-    """Inject fresh adapters (``B = 0``: the output is unchanged) and make only them trainable."""
-    from peft import inject_adapter_in_model
-
-    inject_adapter_in_model(_lora_config(settings), transformer, adapter_name=ADAPTER_NAME)
+def add_lora(transformer: torch.nn.Module, settings, adapter_name: str = ADAPTER_NAME) -> None:
+    """Add a fresh adapter (``B = 0``: the output is unchanged) and make only adapters trainable."""
+    transformer.add_adapter(_lora_config(settings), adapter_name=adapter_name)
     for name, param in transformer.named_parameters():
         param.requires_grad_("lora_" in name)
 
 
-def save_lora(transformer: torch.nn.Module, folder: str | Path) -> None:
+def save_lora(transformer: torch.nn.Module, folder: str | Path, adapter_name: str = ADAPTER_NAME) -> None:
     """Write the adapter folder atomically."""
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    config = transformer.peft_config[ADAPTER_NAME].to_dict()
+    config = transformer.peft_config[adapter_name].to_dict()
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items() if k in CONFIG_KEYS}
-    state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(transformer, adapter_name=ADAPTER_NAME).items()}
+    state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(transformer, adapter_name=adapter_name).items()}
     def fill(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_FILE))
         write_atomic(tmp / CONFIG_FILE, (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
@@ -56,9 +55,11 @@ def save_lora(transformer: torch.nn.Module, folder: str | Path) -> None:
     write_folder_atomic(folder, fill)
 
 
-def load_lora(transformer: torch.nn.Module, folder: str | Path, scale: float = 1.0) -> None:
-    """Add the adapter in ``folder`` to ``transformer`` (strict: every adapter tensor must fit)."""
-    from peft import inject_adapter_in_model, set_peft_model_state_dict
+def load_lora(transformer: torch.nn.Module, folder: str | Path, adapter_name: str = ADAPTER_NAME,
+              scale: float = 1.0) -> None:
+    """Add the adapter in ``folder`` to ``transformer`` as ``adapter_name`` and activate it at
+    ``scale`` (strict: every adapter tensor must fit). The transformer stays frozen."""
+    from peft import set_peft_model_state_dict
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -74,20 +75,19 @@ def load_lora(transformer: torch.nn.Module, folder: str | Path, scale: float = 1
     bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(f"{weights}: non-finite values in {bad[0]}")
-    lora_config = _lora_config(config)
-    inject_adapter_in_model(lora_config, transformer, adapter_name=ADAPTER_NAME)
+    if adapter_name in (getattr(transformer, "peft_config", None) or {}):
+        raise CheckpointError(f"{folder}: an adapter named {adapter_name!r} is already loaded")
+    before = {n for n, _ in transformer.named_parameters() if "lora_" in n}
+    transformer.add_adapter(_lora_config(config), adapter_name=adapter_name)
     try:
-        result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER_NAME)
+        result = set_peft_model_state_dict(transformer, state, adapter_name=adapter_name)
     except RuntimeError as err:
         raise CheckpointError(f"{weights}: adapter does not fit this transformer ({str(err).splitlines()[0]})") from err
     unexpected = list(getattr(result, "unexpected_keys", []) or [])
     if unexpected:
         raise CheckpointError(f"{weights}: adapter keys not in this transformer, e.g. {unexpected[0]}")
-    expected = {n for n, _ in transformer.named_parameters() if "lora_" in n}
-    if len(state) != len(expected):
-        raise CheckpointError(f"{weights}: {len(state)} adapter tensors for {len(expected)} adapter parameters")
-    if scale != 1.0:
-        for module in transformer.modules():
-            if hasattr(module, "scaling") and isinstance(module.scaling, dict) and ADAPTER_NAME in module.scaling:
-                module.scaling[ADAPTER_NAME] *= scale
+    added = {n for n, _ in transformer.named_parameters() if "lora_" in n} - before
+    if len(state) != len(added):
+        raise CheckpointError(f"{weights}: {len(state)} adapter tensors for {len(added)} adapter parameters")
+    transformer.set_adapters([adapter_name], [scale])
     transformer.requires_grad_(False)

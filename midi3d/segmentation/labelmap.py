@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.errors import InputError
+from ..io.images import DEFAULT_MAX_PIXELS
 from ..io.labelmap import DEFAULT_MAX_INSTANCES, read_label_map
 
 
@@ -15,9 +16,10 @@ class LabelMapSegmenter:
 
     name = "labelmap"
 
-    def __init__(self, path: str | Path, max_instances: int = DEFAULT_MAX_INSTANCES):
+    def __init__(self, path: str | Path, max_instances: int = DEFAULT_MAX_INSTANCES,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.path = Path(path)
-        self.labels = read_label_map(self.path, max_instances=max_instances)
+        self.labels = read_label_map(self.path, max_instances=max_instances, max_pixels=max_pixels)
 
     def segment(self, rgb: np.ndarray) -> np.ndarray:
         if self.labels.shape != rgb.shape[:2]:

@@ -7,13 +7,13 @@ MLP. Multi-instance attention replaces the self-attention of chosen blocks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import FP32LayerNorm
@@ -21,6 +21,7 @@ from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
 from ..attention import MIDIAttnProcessor, MultiInstanceAttnProcessor
+from ..layer_spec import LayerSpec, parse_layer_list
 
 
 def default_mi_layers(num_layers: int) -> list[int]:
@@ -92,7 +93,7 @@ class MIDITransformerOutput(BaseOutput):
     sample: Tensor
 
 
-class MIDITransformer(ModelMixin, ConfigMixin):
+class MIDITransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
     """Multi-instance diffusion transformer; loads the official ``TripoSGDiTModel`` weights.
 
     The config holds exactly the official constructor arguments, so the official
@@ -137,16 +138,16 @@ class MIDITransformer(ModelMixin, ConfigMixin):
         """Indices of the blocks whose self-attention is multi-instance."""
         return self._mi_layers
 
-    def set_multi_instance_layers(self, layers: Iterable[int] | None = None) -> None:
-        """Install multi-instance self-attention on exactly these block indices.
+    def set_multi_instance_layers(self, layers: LayerSpec = None) -> None:
+        """Install multi-instance self-attention on exactly these blocks.
 
-        ``None`` selects the released model's layers (:func:`default_mi_layers`); an empty
-        list turns multi-instance attention off. Indices are matched exactly, never by prefix.
+        ``layers`` follows :mod:`midi3d.models.layer_spec` (``"8-12"``, ``"all"``, ``[1, 3]``…);
+        ``None``/``"default"`` selects the released model's layers (:func:`default_mi_layers`);
+        ``"none"``/``[]`` turns multi-instance attention off. Indices are matched exactly.
         """
-        chosen = default_mi_layers(self.config.num_layers) if layers is None else sorted(set(int(i) for i in layers))
-        bad = [i for i in chosen if not 0 <= i < self.config.num_layers]
-        if bad:
-            raise ValueError(f"multi-instance layers {bad} out of range for {self.config.num_layers} blocks")
+        chosen = parse_layer_list(layers, self.config.num_layers)
+        if chosen is None:
+            chosen = default_mi_layers(self.config.num_layers)
         for index, block in enumerate(self.blocks):
             block.attn1.set_processor(MultiInstanceAttnProcessor() if index in chosen else MIDIAttnProcessor())
         self._mi_layers = tuple(chosen)
@@ -198,22 +199,3 @@ class MIDITransformer(ModelMixin, ConfigMixin):
         if not return_dict:
             return (out,)
         return MIDITransformerOutput(sample=out)
-
-
-def parse_layer_list(text: str | Sequence[int] | None) -> list[int] | None:
-    """Parse ``"8,9,10"``, ``"8-12"``, ``"none"`` or ``"default"`` into block indices."""
-    if text is None or (isinstance(text, str) and text.strip().lower() in ("", "default")):
-        return None
-    if not isinstance(text, str):
-        return [int(i) for i in text]
-    if text.strip().lower() in ("none", "off"):
-        return []
-    layers: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            layers.extend(range(int(lo), int(hi) + 1))
-        elif part:
-            layers.append(int(part))
-    return layers

@@ -1,0 +1,130 @@
+"""``midi3d generate`` as library functions: one image, or a folder of ``NAME_rgb.png`` +
+``NAME_seg.png`` pairs, through :func:`~.scene.generate_scene` (one pipeline call per scene).
+
+A folder run writes ``OUT/NAME.<format>`` atomically per scene, skips scenes already written
+(``overwrite`` redoes them), records a bad scene and goes on, and stops at the first output
+error (a full disk or a read-only folder would fail every later scene too).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io.errors import InputError, OutputError
+from ..io.images import DEFAULT_MAX_PIXELS, load_rgb
+from ..io.labelmap import DEFAULT_MAX_INSTANCES
+from ..io.paths import child_path
+from .pipeline_midi import MIDIPipeline, MIDIPipelineOutput
+from .scene import EXPORT_FORMATS, GenerateOptions, SceneInputs, export_scene, generate_scene, load_scene
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Refusal limits applied to every input image and label map."""
+
+    max_instances: int = DEFAULT_MAX_INSTANCES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+@dataclass
+class ScenePair:
+    name: str
+    image: Path
+    labels: Path
+    output: Path
+
+
+@dataclass
+class FolderPlan:
+    """What a folder run will do: ``todo`` pairs, and the names already written (skipped)."""
+
+    todo: list[ScenePair]
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class FolderReport:
+    written: list[Path] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # scene name -> one-line reason
+
+
+def check_output_format(path: Path) -> Path:
+    if path.suffix.lower().lstrip(".") not in EXPORT_FORMATS:
+        raise InputError(f"{path}: unsupported output format {path.suffix!r} (use .glb, .obj or .ply)")
+    return path
+
+
+def plan_folder(folder: Path, out_dir: Path, fmt: str, overwrite: bool = False) -> FolderPlan:
+    """The pairs of ``folder`` and their outputs in ``out_dir``; those already written are skipped
+    unless ``overwrite``."""
+    if fmt not in EXPORT_FORMATS:
+        raise InputError(f"--format {fmt}: use one of {', '.join(EXPORT_FORMATS)}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: exists and is not a folder")
+    pairs = []
+    for image in sorted(folder.glob("*_rgb.png")):
+        name = image.name[: -len("_rgb.png")]
+        pairs.append(ScenePair(name, image, folder / f"{name}_seg.png", child_path(out_dir, f"{name}.{fmt}", image)))
+    if not pairs:
+        raise InputError(f"{folder}: no NAME_rgb.png + NAME_seg.png pairs in this folder")
+    if overwrite:
+        return FolderPlan(pairs)
+    return FolderPlan([p for p in pairs if not p.output.is_file()], [p.name for p in pairs if p.output.is_file()])
+
+
+def read_single_scene(image: Path, seg: Path | None, limits: ReadLimits, allow_pickle: bool = False) -> SceneInputs:
+    """The scene of ``image``: with its label map, or segmented automatically when ``seg`` is None."""
+    if seg is not None:
+        return load_scene(image, seg, max_instances=limits.max_instances, max_pixels=limits.max_pixels)
+    from ..segmentation.auto import segment_automatically
+
+    rgb = load_rgb(image, max_pixels=limits.max_pixels)
+    labels = segment_automatically(rgb, image, allow_pickle=allow_pickle, max_instances=limits.max_instances)
+    return SceneInputs(rgb, labels, name=image.stem)
+
+
+def generate_file(pipe: MIDIPipeline, scene: SceneInputs, options: GenerateOptions, output: Path
+                  ) -> MIDIPipelineOutput:
+    """Generate one scene and write it (atomically) to ``output``."""
+    result = generate_scene(pipe, scene, options)
+    export_scene(result, output)
+    return result
+
+
+SceneDone = Callable[[ScenePair, "MIDIPipelineOutput | None", str | None, float], None]
+
+
+def generate_folder(pipe: MIDIPipeline, plan: FolderPlan, options: GenerateOptions, limits: ReadLimits,
+                    on_scene: SceneDone | None = None) -> FolderReport:
+    """Generate every pair of ``plan``; ``on_scene(pair, result, error, seconds)`` after each.
+
+    Raises :class:`OutputError` (with the count written so far) when an output cannot be written.
+    """
+    report = FolderReport()
+    for pair in plan.todo:
+        start = time.perf_counter()
+        result, error = None, None
+        try:
+            scene = load_scene(pair.image, pair.labels, max_instances=limits.max_instances,
+                               max_pixels=limits.max_pixels)
+            result = generate_file(pipe, scene, options, pair.output)
+            report.written.append(pair.output)
+        except OutputError as err:
+            raise OutputError(f"{err}; stopped after {len(report.written)} scene(s) (rerun to continue)") from None
+        except (InputError, ValueError, RuntimeError) as err:
+            error = str(err)
+            report.failed[pair.name] = error
+        if on_scene is not None:
+            on_scene(pair, result, error, time.perf_counter() - start)
+    return report
+
+
+def summary_line(path: Path, result: MIDIPipelineOutput, seconds: float) -> str:
+    """``PATH: 4/5 instances (no surface: 3) in 2.9s (encode 0.1s, …)``."""
+    made = len(result.ids) - len(result.empty_ids)
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    empty = f" (no surface: {', '.join(map(str, result.empty_ids))})" if result.empty_ids else ""
+    return f"{path}: {made}/{len(result.ids)} instances{empty} in {seconds:.1f}s ({timing})"

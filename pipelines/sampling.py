@@ -1,0 +1,86 @@
+"""Sampling defaults that travel with a model: read from and written to its pipeline folder.
+
+A folder's ``model_index.json`` may hold ``"_midi3d_sampling": {"num_inference_steps": …,
+"guidance_scale": …, "resolution": …}`` (the official loader ignores keys starting with ``_``).
+A folder without it gets the official release's values. Every caller (``MIDIPipeline.__call__``,
+``generate_scene``, the CLI, ``eval``, the demo) resolves its settings through
+:meth:`SamplingDefaults.resolve`: a value the user gives always wins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+SAMPLING_KEY = "_midi3d_sampling"
+MI_LAYERS_KEY = "_midi3d_mi_layers"
+MIN_RESOLUTION = 8
+
+
+def check_resolution(resolution: int, what: str = "resolution") -> int:
+    """``resolution`` if it is a power of two >= 8, else ``ValueError`` naming ``what``."""
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < MIN_RESOLUTION \
+            or resolution & (resolution - 1):
+        raise ValueError(f"{what} {resolution!r}: must be a power of two >= {MIN_RESOLUTION}")
+    return resolution
+
+
+def check_guidance(guidance: float, what: str = "guidance") -> float:
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not math.isfinite(guidance) \
+            or guidance < 0:
+        raise ValueError(f"{what} {guidance!r}: must be a finite number >= 0 (<= 1 turns guidance off)")
+    return float(guidance)
+
+
+def check_steps(steps: int, what: str = "steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"{what} {steps!r}: must be an integer >= 1")
+    return steps
+
+
+@dataclass(frozen=True)
+class SamplingDefaults:
+    """What a model samples with when the caller gives no value."""
+
+    steps: int = 50            # denoising steps
+    guidance: float = 7.0      # classifier-free guidance scale
+    resolution: int = 256      # meshing grid (cells per axis)
+
+    def __post_init__(self):
+        check_steps(self.steps, "num_inference_steps")
+        check_guidance(self.guidance, "guidance_scale")
+        check_resolution(self.resolution)
+
+    def resolve(self, steps: int | None = None, guidance: float | None = None,
+                resolution: int | None = None) -> SamplingDefaults:
+        """The given values, each ``None`` replaced by this default; the values are checked."""
+        return SamplingDefaults(self.steps if steps is None else steps,
+                                self.guidance if guidance is None else guidance,
+                                self.resolution if resolution is None else resolution)
+
+    def to_index(self) -> dict[str, Any]:
+        """The ``model_index.json`` entry."""
+        return {"num_inference_steps": self.steps, "guidance_scale": self.guidance, "resolution": self.resolution}
+
+    @classmethod
+    def from_index(cls, index: dict, source: str) -> SamplingDefaults:
+        """The defaults recorded in a ``model_index.json`` (``source`` names it in errors); the
+        official values where it records none."""
+        entry = index.get(SAMPLING_KEY)
+        if entry is None:
+            return OFFICIAL_DEFAULTS
+        names = {"num_inference_steps": "steps", "guidance_scale": "guidance", "resolution": "resolution"}
+        if not isinstance(entry, dict) or set(entry) - set(names):
+            raise ValueError(f"{source}: {SAMPLING_KEY} must be a mapping with keys {sorted(names)}, got {entry!r}")
+        try:
+            return OFFICIAL_DEFAULTS.resolve(**{names[k]: v for k, v in entry.items()})
+        except ValueError as err:
+            raise ValueError(f"{source}: {SAMPLING_KEY}: {err}") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# The official release: 50 steps, guidance 7, 256³ (its demo and inference script).
+OFFICIAL_DEFAULTS = SamplingDefaults(steps=50, guidance=7.0, resolution=256)
