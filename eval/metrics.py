@@ -23,11 +23,6 @@ ICP_TOLERANCE = 1e-5
 NORMALIZED_EXTENT = 0.95
 ICP_MODES = ("official", "kabsch", "none")
 
-# Report metadata: which direction is better, for tables that print arrows by themselves.
-HIGHER_IS_BETTER = {"scene_cd": False, "scene_cd_1": False, "scene_cd_2": False, "scene_fscore": True,
-                    "object_cd": False, "object_fscore": True, "iou_bbox": True}
-
-
 class KDTreeIndex:
     """Nearest-neighbour queries against a fixed target set through scipy's ``cKDTree`` (all cores)."""
 

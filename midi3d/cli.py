@@ -19,6 +19,7 @@ from rich.logging import RichHandler
 
 from .io.images import DEFAULT_MAX_PIXELS
 from .io.labelmap import DEFAULT_MAX_INSTANCES
+from .pipelines.sampling import DEFAULT_SEED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="midi3d: one photo of a scene → 3D object meshes in a shared scene frame.")
@@ -27,7 +28,6 @@ console = Console(soft_wrap=True)
 
 EXIT_BAD_INPUT = 2
 EXIT_SCENES_FAILED = 1
-DEFAULT_SEED = 42
 
 
 class Extract(str, Enum):

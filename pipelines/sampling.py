@@ -16,6 +16,7 @@ from typing import Any
 SAMPLING_KEY = "_midi3d_sampling"
 MI_LAYERS_KEY = "_midi3d_mi_layers"
 MIN_RESOLUTION = 8
+DEFAULT_SEED = 42  # the official demo's seed; sampling is seeded unless a caller passes a generator
 
 
 def check_resolution(resolution: int, what: str = "resolution") -> int:

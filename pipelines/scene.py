@@ -20,7 +20,8 @@ from ..io.files import write_atomic
 from ..io.images import DEFAULT_MAX_PIXELS, load_rgb
 from ..io.labelmap import DEFAULT_MAX_INSTANCES, instance_ids, read_label_map
 from .pipeline_midi import ExtractionOptions, MIDIPipeline, MIDIPipelineOutput
-from .preprocess import pad_scene, split_instances  # noqa: F401  (re-exported: the official helpers)
+from ..models.layer_spec import LayerSpec
+from .sampling import DEFAULT_SEED
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,9 @@ class GenerateOptions:
 
     steps: int | None = None
     guidance: float | None = None
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     pad: bool = False
+    mi_layers: LayerSpec = None  # None: as set on the pipeline (its folder's layers)
     num_latent_tokens: int | None = None
     max_instances: int = DEFAULT_MAX_INSTANCES
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
@@ -71,7 +73,8 @@ def generate_scene(pipe: MIDIPipeline, scene: SceneInputs, options: GenerateOpti
     """Generate all instances of ``scene`` jointly (one pipeline call); meshes share the scene frame."""
     options = options or GenerateOptions()
     result = pipe(scene.rgb, scene.labels, num_inference_steps=options.steps, guidance_scale=options.guidance,
-                  seed=options.seed, pad=options.pad, num_latent_tokens=options.num_latent_tokens,
+                  seed=options.seed, pad=options.pad, mi_layers=options.mi_layers,
+                  num_latent_tokens=options.num_latent_tokens,
                   extraction=options.extraction, postprocess=options.postprocess,
                   max_instances=options.max_instances)
     if result.empty_ids:

@@ -40,13 +40,13 @@ def synthetic_room(objects: int = 5, seed: int = 99, size: int = 384) -> None:
 
     import numpy as np
 
-    from midi3d.data.synth import SynthConfig, generate_scene
+    from midi3d.data.synth import SynthConfig, build_room
     from midi3d.io.labelmap import instance_ids
 
     config = SynthConfig(seed=seed, image_size=size, surface_points=16)
     with tempfile.TemporaryDirectory() as tmp:
         for index in range(200):
-            generate_scene(Path(tmp), "example", index, config)
+            build_room(Path(tmp), "example", index, config)
             room = Path(tmp) / "3D-FRONT-RENDER" / "example" / f"room-{index:05d}"
             labels = np.asarray(Image.open(room / "semantic_0000.png"))
             visible = [i for i in instance_ids(labels) if (labels == i).sum() > 0.002 * labels.size]

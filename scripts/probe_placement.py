@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64)
     args = parser.parse_args()
 
-    from midi3d.data.synth import SURFACE, read_surface
+    from midi3d.data.layout import SURFACE, read_surface
     from midi3d.eval.metrics import bbox_iou
     from midi3d.pipelines import MIDIPipeline
     from midi3d.pipelines.pipeline_midi import ExtractionOptions

@@ -30,7 +30,7 @@ def main() -> None:
                         help="Added to the decoded field before meshing (> 0 shrinks the shapes).")
     args = parser.parse_args()
 
-    from midi3d.data.synth import SURFACE, read_surface
+    from midi3d.data.layout import SURFACE, read_surface
     from midi3d.eval.metrics import bbox_iou
     from midi3d.pipelines import MIDIPipeline
     from midi3d.pipelines.pipeline_midi import ExtractionOptions

@@ -44,11 +44,12 @@ def reference(official_tiny) -> dict[str, np.ndarray]:
 def official_pipe(official_tiny):
     from midi3d.pipelines import MIDIPipeline
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     pipe = MIDIPipeline.from_pretrained(official_tiny / "pipeline", mi_layers=[1, 3])
     pipe.set_progress_bar_config(disable=True)
     yield pipe
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(threads)  # later tests compare with subprocesses at the default count
 
 
 @pytest.fixture(scope="session")

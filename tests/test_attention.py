@@ -10,7 +10,8 @@ from midi3d.models.attention import (
     multi_instance_attention,
     repeated_multi_instance_attention,
 )
-from midi3d.models.transformers.midi_transformer import MIDITransformer, default_mi_layers, parse_layer_list
+from midi3d.models.layer_spec import check_layer_spec, parse_layer_list
+from midi3d.models.transformers.midi_transformer import MIDITransformer, default_mi_layers
 
 
 def qkv(batch, heads=2, length=9, dim=8, seed=0):
@@ -76,7 +77,7 @@ def test_layer_selection_is_exact_and_required():
     x = torch.randn(2, 16, 4)
     with pytest.raises(ValueError, match="num_instances"):
         model(x, torch.tensor([500.0, 500.0]), torch.zeros(2, 1, 8), torch.zeros(2, 3, 8))
-    with pytest.raises(ValueError, match="out of range"):
+    with pytest.raises(ValueError, match="has blocks 0-20"):
         model.set_multi_instance_layers([21])
 
 
@@ -84,4 +85,17 @@ def test_parse_layer_list():
     assert parse_layer_list("8-12") == [8, 9, 10, 11, 12]
     assert parse_layer_list("1,3") == [1, 3]
     assert parse_layer_list("none") == []
-    assert parse_layer_list("default") is None
+    assert parse_layer_list("default") is None and parse_layer_list(None) is None
+    assert parse_layer_list("all", 4) == [0, 1, 2, 3]
+    assert parse_layer_list("1,4-6") == [1, 4, 5, 6]
+    assert parse_layer_list([3, 1]) == [1, 3]
+    for bad in ("4-1", ",", "1,,2", "x", "-2", "1-"):
+        with pytest.raises(ValueError, match="layers"):
+            parse_layer_list(bad)
+    with pytest.raises(ValueError, match="number of blocks"):
+        parse_layer_list("all")
+    with pytest.raises(ValueError, match="blocks 0-4"):
+        parse_layer_list("2-5", 5)
+    check_layer_spec("all")  # the syntax is fine before a model is known
+    with pytest.raises(ValueError):
+        check_layer_spec("all,2")

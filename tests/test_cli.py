@@ -58,13 +58,15 @@ def test_other_formats(tmp_path, model_dir, fmt):
 
 
 def test_embedded_model_is_the_shipped_trained_one():
-    from midi3d.embedded import EMBEDDED_DEFAULTS, embedded_model_folder, load_embedded_pipeline
+    from midi3d.embedded import embedded_model_folder, load_embedded_pipeline
+    from midi3d.pipelines.sampling import SamplingDefaults
 
     folder = embedded_model_folder()
-    assert folder is not None, "the trained midi3d-tiny weights are not in the installed package"
+    assert (folder / "model_index.json").is_file(), "the trained midi3d-tiny weights are not in the installed package"
     pipe = load_embedded_pipeline()
     assert pipe.transformer.config.num_layers == 8 and pipe.transformer.mi_layers == (2, 3, 4, 5, 6)
-    assert pipe.sampling_defaults == EMBEDDED_DEFAULTS  # Python callers get its guidance and resolution
+    # its folder records what it samples with, and every caller gets it
+    assert pipe.sampling_defaults == SamplingDefaults(steps=50, guidance=2.0, resolution=128)
 
 
 def test_embedded_model_beats_the_random_stand_in_on_held_out_rooms(tmp_path):
@@ -230,18 +232,19 @@ def test_outputs_respect_the_umask(tmp_path, model_dir):
 
 @pytest.mark.parametrize("use_model, given, expected", [(False, None, 2.0), (True, None, 7.0), (False, "5", 5.0)])
 def test_guidance_default_depends_on_the_model(tmp_path, model_dir, monkeypatch, use_model, given, expected):
-    """The embedded model samples at its own guidance (2), a --model folder at the official 7;
-    an explicit --guidance always wins."""
-    import midi3d.pipelines.scene as scene_module
+    """The embedded model samples at its folder's guidance (2), a --model folder without recorded
+    defaults at the official 7; an explicit --guidance always wins."""
+    import midi3d.pipelines.batch as batch_module
 
     seen = []
-    real = scene_module.generate_scene
+    real = batch_module.generate_scene
 
     def spy(pipe, scene, options=None):
-        seen.append(options.guidance)
-        return real(pipe, scene, options)
+        result = real(pipe, scene, options)
+        seen.append(result.settings["guidance"])
+        return result
 
-    monkeypatch.setattr(scene_module, "generate_scene", spy)
+    monkeypatch.setattr(batch_module, "generate_scene", spy)
     args = [BUNDLED / "blocks-5_rgb.png", "--seg", BUNDLED / "blocks-5_seg.png", "-o", tmp_path / "s.glb", *FAST]
     args += ["--model", model_dir] if use_model else []
     args += ["--guidance", given] if given else []

@@ -24,7 +24,8 @@ import trimesh
 from PIL import Image
 
 from conftest import TEST_SPEC
-from midi3d.data.synth import RENDER, SCENE, SURFACE, SynthConfig, generate_dataset, read_surface
+from midi3d.data.layout import RENDER, SCENE, SURFACE, read_surface
+from midi3d.data.synth import SynthConfig, generate_dataset
 from midi3d.models.factory import PipelineSpec, build_pipeline
 
 ROOMS = 8

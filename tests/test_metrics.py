@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -17,6 +22,25 @@ def ref(official_tiny):
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 
+# The official ICP (transposed SVD) amplifies float32 rounding: on CPUs where MKL takes another
+# code path (e.g. AVX-512) its result drifts away from the reference. The reference was made on
+# MKL's reproducible path, which MKL_CBWR=COMPATIBLE selects; it must be set before MKL starts,
+# so these checks run in a subprocess (test_official_references_on_reproducible_mkl).
+reference_numerics = pytest.mark.skipif(os.environ.get("MKL_CBWR") != "COMPATIBLE",
+                                        reason="run in a subprocess with MKL_CBWR=COMPATIBLE by "
+                                               "test_official_references_on_reproducible_mkl")
+
+
+def test_official_references_on_reproducible_mkl(official_tiny):
+    chosen = "official_scene_level or official_object_level or combines_the_official_steps"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k", chosen],
+                          env={**os.environ, "MKL_CBWR": "COMPATIBLE"}, capture_output=True, text=True,
+                          cwd=Path(__file__).parent, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "3 passed" in done.stdout, done.stdout[-1000:]
+
+
+@reference_numerics
 
 def test_official_scene_level(ref):
     pred, gt = ref["met_pred"].reshape(-1, 3), ref["met_gt"].reshape(-1, 3)
@@ -32,6 +56,7 @@ def test_official_scene_level(ref):
     np.testing.assert_allclose(M.fscore(pred, gt), ref["met_scene_fscore_noicp"][0], **TOL)
 
 
+@reference_numerics
 def test_official_object_level(ref):
     for i in range(3):
         np.testing.assert_allclose(M.bbox_iou(ref["met_pred"][i], ref["met_gt"][i]), ref["met_iou_bbox"][i], **TOL)
@@ -46,6 +71,7 @@ def test_official_object_level(ref):
         np.testing.assert_allclose(M.fscore(aligned.points, gt_n), ref["met_obj_fscore"][i], **TOL)
 
 
+@reference_numerics
 def test_scene_metrics_combines_the_official_steps(ref):
     result = M.scene_metrics(list(ref["met_pred"]), list(ref["met_gt"]), "official")
     np.testing.assert_allclose(result["scene_cd"], ref["met_scene_cd"][0], **TOL)

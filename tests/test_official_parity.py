@@ -8,7 +8,7 @@ import torch
 from midi3d.geometry.extraction import marching_cubes, mean_filter3, vertices_to_world
 from midi3d.io.labelmap import instance_ids
 from midi3d.models.image_encoders import clip_pixels, dino_pixels
-from midi3d.pipelines.scene import split_instances
+from midi3d.pipelines.preprocess import split_instances
 from midi3d.schedulers import RectifiedFlowScheduler
 
 MODULE_TOL = dict(atol=1e-5, rtol=1e-5)
@@ -136,7 +136,8 @@ def test_whole_pipeline_three_steps(official_pipe, reference):
     steps = []
     out = official_pipe(images, masks, [rgb] * 3, num_inference_steps=3, guidance_scale=7.0,
                         latents=t(reference, "pipe_latents_init"), output_type="latent",
-                        callback_on_step_end=lambda pipe, i, ts, d: steps.append(d))
+                        callback_on_step_end=lambda pipe, i, ts, d: steps.append(d) or {},
+                        callback_on_step_end_tensor_inputs=["latents", "model_input", "model_output"])
     np.testing.assert_allclose(official_pipe.scheduler.timesteps.numpy(), reference["pipe_timesteps"], atol=1e-4)
     for key, ref_key in (("model_input", "pipe_step_model_input"), ("model_output", "pipe_step_model_output"),
                          ("latents", "pipe_step_latents")):

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from midi3d.cli import app
 from midi3d.data.datasets import ThreeDFrontDataset
-from midi3d.data.synth import SynthConfig, generate_dataset, read_surface
+from midi3d.data.layout import read_surface
+from midi3d.data.synth import SynthConfig, generate_dataset
 from midi3d.eval.runner import EvalOptions, ResultLog, load_prediction, run, summarise
 
 SMALL = SynthConfig(seed=3, image_size=128, surface_points=2048)
@@ -246,7 +247,11 @@ def test_killed_eval_process_resumes(dataset_root, tmp_path):
     common = ["eval", "--root", str(dataset_root), "--pred-dir", str(gt), "--icp", "kabsch", "--points", "4096",
               "-q"]
     killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, "-m", "midi3d", *common, "--out", str(killed)], cwd=tmp_path)
+    import torch
+
+    # the same thread count as this process (float sums in another order differ in the last bits)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    process = subprocess.Popen([sys.executable, "-m", "midi3d", *common, "--out", str(killed)], cwd=tmp_path, env=env)
     log = killed / "results-0.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.is_file() and log.read_text().count("\n") >= 1):

@@ -3,7 +3,6 @@ and a two-process run through accelerate."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -22,13 +21,14 @@ import yaml
 
 from conftest import TEST_SPEC
 from midi3d.data.synth import SynthConfig, generate_dataset
-from midi3d.models.factory import PipelineSpec, build_pipeline
-from midi3d.training.cache import CacheSettings, build_cache
+from midi3d.models.factory import PipelineSpec, _processor_config, build_pipeline
+from midi3d.training.cache import CacheSettings, build_cache, processor_configs
 from midi3d.training.config import DiTTrainConfig, VAETrainConfig, load_train_config
 from midi3d.training.run import run_training
 
 SPEC = {**TEST_SPEC, "standin_occupancy": None, "mi_layers": None}
 POINTS = {"surface_points": 256, "near_points": 256, "uniform_points": 128}
+TINY_PROCESSORS = (_processor_config("clip", 28), _processor_config("bit", 28))  # what build_pipeline gives SPEC
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_builtin_configs_parse_and_reject_unknown_keys(tmp_path):
     assert load_train_config("lora").lora.rank == 16
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: vae\nlearning_rate: 1\n")
-    with pytest.raises(ValueError, match="unknown keys.*learning_rate"):
+    with pytest.raises(ValueError, match="learning_rate: unknown key"):
         load_train_config(bad)
 
 
@@ -79,7 +79,8 @@ def _task(kind: str, data_root: Path, spec_file: Path, tmp_path: Path, **changes
 
     config = (vae_config if kind == "vae" else dit_config)(spec_file, **changes)
     pipe = build_pipeline(PipelineSpec.from_yaml(spec_file))
-    cache = build_cache(data_root, tmp_path / "cache", CacheSettings(28, 256, 256, 128, 0.001, 10), jobs=1)
+    cache = build_cache(data_root, tmp_path / "cache", CacheSettings(256, 256, 128, 0.001, 10),
+                        processor_configs(pipe), jobs=1)
     if kind == "vae":
         return VAETask(pipe, cache, config), config
     latents = cached_latents(pipe.vae, cache, pipe.transformer.config.width, tmp_path)
@@ -164,7 +165,7 @@ def test_broken_samples_are_skipped_with_a_reason(data_root, tmp_path, caplog):
     empty = trimesh.Trimesh(vertices=np.zeros((3, 3)), faces=np.zeros((0, 3), dtype=np.int64))
     (root / "3D-FRONT-SCENE" / rooms[1] / f"{furniture[1][0]}.glb").write_bytes(
         trimesh.Scene(empty).export(file_type="glb"))
-    cache = build_cache(root, tmp_path / "cache", CacheSettings(28, 64, 64, 32, 0.0, 10), jobs=1)
+    cache = build_cache(root, tmp_path / "cache", CacheSettings(64, 64, 32, 0.0, 10), TINY_PROCESSORS, jobs=1)
     assert cache.num_scenes == len(rooms) - 2
     skipped = [json.loads(line) for line in (tmp_path / "cache" / "skipped.jsonl").read_text().splitlines()]
     assert [s["room"] for s in skipped] == rooms[:2]
@@ -233,9 +234,13 @@ def test_around_queries_fill_the_grown_box_and_leave_other_caches_unchanged():
     low, high = np.maximum(surface.min(0) - 0.3, -1.0), np.minimum(surface.max(0) + 0.3, 1.0)
     assert (around >= low).all() and (around <= high).all()
     assert around[:, 0].max() > 0.95 and around[:, 1].min() < -0.45  # it fills the grown box, up to the clip
-    old = CacheSettings(112, 2048, 2048, 1024, 0.001, 10, 0)  # the name of the embedded model's training cache
-    assert old.digest() == "24d2d47f6ce0"
-    assert CacheSettings(112, 2048, 2048, 1024, 0.001, 10, 0, around_points=1024).digest() != old.digest()
+    # the cache's name changes with the around settings, the processors and the dataset
+    settings, root = CacheSettings(2048, 2048, 1024, 0.001, 10, 0), Path("/data/a")
+    other_processors = (TINY_PROCESSORS[0], _processor_config("bit", 56))
+    names = {settings.digest(TINY_PROCESSORS, root), settings.digest(other_processors, root),
+             settings.digest(TINY_PROCESSORS, Path("/data/b")),
+             CacheSettings(2048, 2048, 1024, 0.001, 10, 0, around_points=1024).digest(TINY_PROCESSORS, root)}
+    assert len(names) == 4
 
 
 def test_latent_rescaling_is_exact(spec_file):

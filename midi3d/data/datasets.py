@@ -18,7 +18,7 @@ from PIL import Image
 from ..io.images import load_rgb
 from ..io.labelmap import instance_ids, read_label_map
 from ..io.paths import relative_inside, safe_name
-from .synth import RENDER, SCENE, SURFACE, read_surface
+from .layout import RENDER, SCENE, SURFACE, read_surface
 
 EVAL_SIZE = 512
 MIN_AREA_FRACTION = 0.001

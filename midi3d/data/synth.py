@@ -25,7 +25,6 @@ import colorsys
 import io
 import json
 import os
-import pickle
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -37,8 +36,8 @@ from PIL import Image
 
 from ..io.files import remove_stale_temporaries, replace_folder, write_atomic
 from .furniture import FLOOR_FURNITURE, SMALL_FURNITURE, SUPPORTS
+from .layout import RENDER, SCENE, SURFACE
 
-RENDER, SCENE, SURFACE = "3D-FRONT-RENDER", "3D-FRONT-SCENE", "3D-FRONT-SURFACE"
 SCENE_EXTENT = 0.95
 
 
@@ -219,7 +218,7 @@ def _png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def generate_scene(root: Path, house: str, index: int, config: SynthConfig) -> dict:
+def build_room(root: Path, house: str, index: int, config: SynthConfig) -> dict:
     """Generate and write room ``index``; each per-room folder appears atomically (renamed last)."""
     room = f"room-{index:05d}"
     rng = np.random.default_rng([config.seed, index])
@@ -296,13 +295,13 @@ def generate_dataset(root: str | Path, scenes: int, config: SynthConfig, jobs: i
         progress(done, scenes)
     if jobs <= 1:
         for index in todo:
-            results[index] = generate_scene(root, house, index, config)
+            results[index] = build_room(root, house, index, config)
             done += 1
             if progress:
                 progress(done, scenes)
     else:
         with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = {pool.submit(generate_scene, root, house, index, config): index for index in todo}
+            futures = {pool.submit(build_room, root, house, index, config): index for index in todo}
             for future in as_completed(futures):
                 results[futures[future]] = future.result()
                 done += 1
@@ -316,49 +315,3 @@ def generate_dataset(root: str | Path, scenes: int, config: SynthConfig, jobs: i
         _write_json(root / f"{prefix}_furniture_ids.json", furniture)
     shutil.rmtree(root / ".staging", ignore_errors=True)
     return ordered
-
-
-def read_surface(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a surface ``.npy`` (a pickled dict of arrays, or a plain ``[K, 6]`` array) safely.
-
-    Pickled dicts are decoded by an unpickler that only rebuilds numpy arrays and plain
-    containers, so a crafted file cannot run code. Errors name the file.
-    """
-    path = Path(path)
-    try:
-        data = _read_npy(path)
-    except pickle.UnpicklingError as err:
-        raise pickle.UnpicklingError(f"{path}: {err}") from None
-    except (OSError, EOFError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: unreadable surface file ({err})") from None
-    if isinstance(data, np.ndarray) and data.dtype != object:
-        if data.ndim != 2 or data.shape[1] != 6:
-            raise ValueError(f"{path}: expected a [K, 6] array or a dict, got shape {data.shape}")
-        return {"surface_points": data[:, :3], "surface_normals": data[:, 3:]}
-    if isinstance(data, np.ndarray) and data.shape == ():
-        data = data.item()
-    if not isinstance(data, dict) or not isinstance(data.get("surface_points"), np.ndarray):
-        raise ValueError(f"{path}: expected a dict with a 'surface_points' array")
-    return {k: np.asarray(v, dtype=np.float32) for k, v in data.items() if isinstance(v, np.ndarray)}
-
-
-def _read_npy(path: Path):
-    with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        _, _, dtype = read_header(handle)
-        if dtype != object:
-            handle.seek(0)
-            return np.load(handle, allow_pickle=False)
-        return _SafeUnpickler(handle).load()
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar"), ("builtins", "dict"), ("builtins", "list")}
-
-    def find_class(self, module: str, name: str):
-        if (module, name) not in self.ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a surface file")
-        return super().find_class(module, name)

@@ -8,7 +8,6 @@ An adapter folder holds ``adapter_config.json`` (peft's ``LoraConfig``) and
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
@@ -24,8 +23,8 @@ CONFIG_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use
 def _lora_config(settings):
     from peft import LoraConfig
 
-    if is_dataclass(settings):
-        settings = asdict(settings)
+    if hasattr(settings, "model_dump"):
+        settings = settings.model_dump()
     return LoraConfig(r=int(settings.get("rank", settings.get("r", 8))),
                       lora_alpha=float(settings.get("alpha", settings.get("lora_alpha", 8))),
                       lora_dropout=float(settings.get("dropout", settings.get("lora_dropout", 0.0))),

@@ -2,8 +2,11 @@
 
 * objects: per object, encoder input (surface points + normals) and SDF query points with
   their truncation-free signed distance (see :mod:`.sdf`);
-* scenes: per room (view 0), the processed instance pixels, masks and scene pixels as uint8
-  at the encoders' input size, and which object each instance is.
+* scenes: per room (view 0), each instance's pixels resized and cropped by the pipeline's own
+  processors (``feature_extractor_1`` for CLIP, ``feature_extractor_2`` for DINOv2) as uint8,
+  its mask at the DINOv2 input size, the scene's pixels, and which object each instance is. The
+  trainer normalises them with the same processors, through the functions inference uses
+  (:mod:`midi3d.models.image_encoders`), so training sees exactly the tensors sampling does.
 
 A room that cannot be read (unreadable image or label map, a mesh without faces, a bad surface
 file) is skipped with its reason logged and written to ``skipped.jsonl``; the rest is cached.
@@ -24,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ..data.synth import RENDER, SCENE, SURFACE, read_surface
+from ..data.layout import RENDER, SCENE, SURFACE, read_surface
 from ..io.errors import InputError
 from ..io.files import write_atomic
 from ..io.images import load_rgb
@@ -40,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CacheSettings:
-    image_size: int
     surface_points: int
     near_points: int
     uniform_points: int
@@ -50,12 +51,9 @@ class CacheSettings:
     around_points: int = 0
     around_margin: float = 0.3
 
-    def digest(self) -> str:
-        # the ``around`` settings enter the digest only when used: caches built before they
-        # existed keep their names
-        fields = dict(self.__dict__)
-        if not self.around_points:
-            fields.pop("around_points"), fields.pop("around_margin")
+    def digest(self, processors: tuple[dict, dict], root: Path) -> str:
+        """Name of the cache of ``root`` built with these settings and processor configs."""
+        fields = {**self.__dict__, "processors": list(processors), "root": str(Path(root).resolve())}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -66,10 +64,11 @@ class TrainingCache:
     surface: torch.Tensor        # [O, M, 6] float32
     queries: torch.Tensor        # [O, Q, 3] float32
     sdf: torch.Tensor            # [O, Q] float32
-    instance_pixels: torch.Tensor  # [I, 3, S, S] uint8
-    instance_masks: torch.Tensor   # [I, S, S] uint8 (0/1)
+    clip_pixels: torch.Tensor      # [I, 3, h1, w1] uint8, feature_extractor_1's resize + crop
+    instance_pixels: torch.Tensor  # [I, 3, h2, w2] uint8, feature_extractor_2's resize + crop
+    instance_masks: torch.Tensor   # [I, h2, w2] uint8 (0/1), mask_pixels at the DINOv2 size
     instance_object: torch.Tensor  # [I] int64, row in the object tensors
-    scene_pixels: torch.Tensor     # [N, 3, S, S] uint8
+    scene_pixels: torch.Tensor     # [N, 3, h2, w2] uint8, feature_extractor_2's resize + crop
     scene_offsets: torch.Tensor    # [N + 1] int64, instances of scene n: offsets[n]:offsets[n+1]
     rooms: list[str]
 
@@ -81,20 +80,34 @@ class TrainingCache:
         return range(int(self.scene_offsets[scene]), int(self.scene_offsets[scene + 1]))
 
 
-@functools.lru_cache(maxsize=4)  # one per worker process, not one per room
-def _processor(image_size: int):
-    from ..models.factory import _processor_config
+def processor_configs(pipe) -> tuple[dict, dict]:
+    """The pipeline's two preprocessor configs (picklable, for the cache workers and its name)."""
+    return pipe.feature_extractor_1.to_dict(), pipe.feature_extractor_2.to_dict()
+
+
+@functools.lru_cache(maxsize=8)  # one pair per worker process, not one per room
+def _processors(configs_json: str):
     from ..models.image_encoders import build_image_processor
 
-    return build_image_processor("clip", _processor_config("clip", image_size))
+    clip, dino = json.loads(configs_json)
+    return build_image_processor("clip", clip), build_image_processor("bit", dino)
 
 
-def _resized(processor, images: list[np.ndarray]) -> torch.Tensor:
-    """The processor's resize + centre crop, as uint8 (rescale and normalisation happen per batch)."""
-    return processor(images, do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"].to(torch.uint8)
+def instance_arrays(processors, rgb: np.ndarray, labels: np.ndarray, ids: list[int]) -> dict[str, np.ndarray]:
+    """What the cache stores of one scene's instances: the inference preprocessing up to the
+    uint8 resize and crop (see :func:`~midi3d.pipelines.preprocess.split_instances`)."""
+    from ..pipelines.preprocess import split_instances
+    from ..models.image_encoders import mask_pixels, resized_pixels
+
+    clip, dino = processors
+    images, masks = split_instances(rgb, labels, ids)
+    dino_pixels = resized_pixels(dino, images)
+    return {"clip_pixels": resized_pixels(clip, images).numpy(), "instance_pixels": dino_pixels.numpy(),
+            "instance_masks": mask_pixels(masks, dino_pixels.shape[-2:])[:, 0].to(torch.uint8).numpy(),
+            "scene_pixels": resized_pixels(dino, [rgb]).numpy()[0]}
 
 
-def _room(root: Path, room: str, names: list[str], settings: CacheSettings) -> dict:
+def _room(root: Path, room: str, names: list[str], settings: CacheSettings, processors_json: str) -> dict:
     """Read one room; returns arrays, or ``{"skip": reason}``."""
     import trimesh
 
@@ -137,27 +150,22 @@ def _room(root: Path, room: str, names: list[str], settings: CacheSettings) -> d
         surfaces.append(surface)
         queries.append(query)
         sdfs.append(signed_distance(mesh, query))
-    processor = _processor(settings.image_size)
-    images = [np.where((labels == i)[..., None], rgb, 255).astype(np.uint8) for i in ids]
-    masks = torch.from_numpy(np.stack([(labels == i) for i in ids]).astype(np.float32))[:, None]
-    masks = F.interpolate(masks, size=(settings.image_size, settings.image_size), mode="nearest")[:, 0]
     return {"surface": np.stack(surfaces), "queries": np.stack(queries), "sdf": np.stack(sdfs),
-            "instance_pixels": _resized(processor, images).numpy(), "instance_masks": masks.to(torch.uint8).numpy(),
-            "scene_pixels": _resized(processor, [rgb]).numpy()[0]}
+            **instance_arrays(_processors(processors_json), rgb, labels, ids)}
 
 
 def _room_job(args):
-    root, room, names, settings = args
-    return _room(root, room, names, settings)
+    return _room(*args)
 
 
-def build_cache(root: str | Path, cache_dir: str | Path, settings: CacheSettings, jobs: int = 0,
-                progress=None) -> TrainingCache:
-    """Build (or reuse) the cache of every room under ``root`` in ``cache_dir``."""
+def build_cache(root: str | Path, cache_dir: str | Path, settings: CacheSettings, processors: tuple[dict, dict],
+                jobs: int = 0, progress=None) -> TrainingCache:
+    """Build (or reuse) the cache of every room under ``root`` in ``cache_dir``; ``processors``
+    are the pipeline's preprocessor configs (:func:`processor_configs`)."""
     from safetensors.torch import load_file
 
     root, cache_dir = Path(root), Path(cache_dir)
-    path = cache_dir / f"cache-{settings.digest()}.safetensors"
+    path = cache_dir / f"cache-{settings.digest(processors, root)}.safetensors"
     index_path = path.with_suffix(".json")
     if path.is_file() and index_path.is_file():
         tensors = load_file(path)
@@ -167,7 +175,8 @@ def build_cache(root: str | Path, cache_dir: str | Path, settings: CacheSettings
         if not required.is_file():
             raise FileNotFoundError(f"{required}: not found (is {root} a dataset root in the 3D-Front/MIDI layout?)")
     rooms, furniture = json.loads(rooms_file.read_text()), json.loads(furniture_file.read_text())
-    work = [(root, room, names, settings) for room, names in zip(rooms, furniture)]
+    processors_json = json.dumps(list(processors), sort_keys=True)
+    work = [(root, room, names, settings, processors_json) for room, names in zip(rooms, furniture)]
     jobs = jobs or os.cpu_count() or 1
     results = []
     if jobs == 1:
@@ -183,7 +192,7 @@ def build_cache(root: str | Path, cache_dir: str | Path, settings: CacheSettings
                 if progress:
                     progress(index + 1, len(work))
     kept, skipped = [], []
-    for (_, room, _, _), result in zip(work, results):
+    for (_, room, *_), result in zip(work, results):
         if "skip" in result:
             logger.warning("skipping %s: %s", room, result["skip"])
             skipped.append({"room": room, "reason": result["skip"]})
@@ -197,6 +206,7 @@ def build_cache(root: str | Path, cache_dir: str | Path, settings: CacheSettings
         "surface": torch.from_numpy(np.concatenate([r["surface"] for _, r in kept])),
         "queries": torch.from_numpy(np.concatenate([r["queries"] for _, r in kept])),
         "sdf": torch.from_numpy(np.concatenate([r["sdf"] for _, r in kept])),
+        "clip_pixels": torch.from_numpy(np.concatenate([r["clip_pixels"] for _, r in kept])),
         "instance_pixels": torch.from_numpy(np.concatenate([r["instance_pixels"] for _, r in kept])),
         "instance_masks": torch.from_numpy(np.concatenate([r["instance_masks"] for _, r in kept])),
         "instance_object": torch.arange(int(offsets[-1]), dtype=torch.int64),

@@ -1,45 +1,75 @@
-"""Training configurations: dataclasses filled from ``configs/train/*.yaml`` (+ ``--set`` overrides)."""
+"""Training configurations as validated, typed models (pydantic), filled from
+``configs/train/*.yaml`` plus ``--set key=value`` overrides.
+
+pydantic rather than OmegaConf structured configs: it is already installed (Gradio depends on
+it), it checks ranges and enums as well as types, it refuses unknown keys in nested sections too,
+and its errors carry the key's path, which becomes the one-line message. Every problem is found
+before any work starts.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..io.configfile import read_yaml
+from ..models.layer_spec import check_layer_spec
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-@dataclass
-class TrainConfig:
+class _Strict(BaseModel):
+    # unknown keys are errors (nested sections too) and assignments are checked; numbers written
+    # as strings by YAML (``1e-5``) are read as numbers, other strings are refused
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainConfig(_Strict):
     """Settings shared by every trainer."""
 
     kind: str = ""
-    seed: int = 0
+    seed: NonNegativeInt = 0
     model: str = "midi3d-tiny"          # spec (built-in name or YAML path) to start from without --init
-    max_steps: int = 1000
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.99)
-    warmup_steps: int = 100
-    lr_schedule: str = "constant"       # "constant" or "cosine" (from decay_start down to 5% at max_steps)
-    decay_start: int = 0
-    grad_clip: float = 1.0
-    mixed_precision: str = "no"         # "no" or "bf16" (accelerate)
+    max_steps: PositiveInt = 1000
+    batch_size: PositiveInt = 8
+    lr: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.01
+    betas: tuple[Probability, Probability] = (0.9, 0.99)
+    warmup_steps: NonNegativeInt = 100
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: from decay_start down to 5% at max_steps
+    decay_start: NonNegativeInt = 0
+    grad_clip: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1.0
+    mixed_precision: Literal["no", "bf16"] = "no"
     gradient_checkpointing: bool = False
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    checkpoint_every: PositiveInt = 500
+    keep_checkpoints: PositiveInt = 2
+    log_every: PositiveInt = 10
     # dataset reading
-    min_area_fraction: float = 0.001    # instances at or below this share of the image are ignored
-    max_instances: int = 10
-    cache_jobs: int = 0                 # processes for cache building (0 = one per core)
-    surface_points: int = 2048          # cached encoder input points per object
-    near_points: int = 2048             # cached near-surface SDF queries per object
-    uniform_points: int = 1024          # cached uniform SDF queries per object
-    around_points: int = 0              # cached SDF queries in the object's box grown by around_margin
-    around_margin: float = 0.3
+    min_area_fraction: Probability = 0.001  # instances at or below this share of the image are ignored
+    max_instances: PositiveInt = 10
+    cache_jobs: NonNegativeInt = 0      # processes for cache building (0 = one per core)
+    surface_points: PositiveInt = 2048  # cached encoder input points per object
+    near_points: PositiveInt = 2048     # cached near-surface SDF queries per object
+    uniform_points: PositiveInt = 1024  # cached uniform SDF queries per object
+    around_points: NonNegativeInt = 0   # cached SDF queries in the object's box grown by around_margin
+    around_margin: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.3
+    # what the trained folder samples with by default (written to its model_index.json)
+    sample_steps: PositiveInt | None = None      # None: keep the starting folder's
+    sample_guidance: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None
+    sample_resolution: PositiveInt | None = None
+
+    @field_validator("sample_resolution")
+    @classmethod
+    def _power_of_two(cls, value):
+        from ..pipelines.sampling import check_resolution
+
+        return value if value is None else check_resolution(value, "sample_resolution")
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimiser step ``step`` (0-based): linear warm-up, then constant or a
@@ -48,105 +78,117 @@ class TrainConfig:
         if self.lr_schedule == "cosine" and step >= self.decay_start:
             progress = (step - self.decay_start) / max(1, self.max_steps - self.decay_start)
             lr *= 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        elif self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         return lr
 
 
-@dataclass
 class VAETrainConfig(TrainConfig):
     """Shape VAE: surface points → latent set → truncated SDF, with a KL term."""
 
-    kind: str = "vae"
-    latent_tokens: int = 64
-    query_points: int = 2048            # queries drawn per object per step
-    sdf_truncation: float = 0.05        # target = clamp(sdf - offset, ±t) / t
-    sdf_offset: float = 0.0             # > 0: learn the surface dilated by this much (thin parts stay visible)
-    kl_weight: float = 1e-3
-    latent_noise: float = 0.0           # > 0: decode latent + N(0, latent_noise²): a decoder robust to
-                                        # the small errors of generated latents
-    freeze_encoder: bool = False        # decoder-only fine-tuning (the latent space, hence a trained
-                                        # diffusion model, stays valid)
+    kind: Literal["vae"] = "vae"
+    latent_tokens: PositiveInt = 64
+    query_points: PositiveInt = 2048    # queries drawn per object per step
+    sdf_truncation: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 0.05  # target = clamp(sdf - offset, ±t) / t
+    sdf_offset: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0  # > 0: learn the surface dilated by this
+    kl_weight: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 1e-3
+    latent_noise: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0  # > 0: decode latent + N(0, σ²): a
+                                                                              # decoder robust to generated latents
+    freeze_encoder: bool = False        # decoder-only fine-tuning (the latent space stays valid)
 
 
-@dataclass
-class LoRASettings:
-    rank: int = 8
-    alpha: float = 8.0
-    dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+class LoRASettings(_Strict):
+    rank: PositiveInt = 8
+    alpha: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 8.0
+    dropout: Probability = 0.0
+    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
 
 
-@dataclass
 class DiTTrainConfig(TrainConfig):
     """Diffusion transformer (and, when training from scratch, the image encoders)."""
 
-    kind: str = "dit"
-    mi_layers: list[int] | str | None = None   # None = model default, "all", or explicit indices ([] = off)
-    mixed_probability: float = 0.0             # chance that a step is a batch of single objects, MI off
-    condition_drop: float = 0.1                # per scene, for classifier-free guidance
-    train_encoders: bool = True                # small models train their CLIP/DINOv2 from scratch
-    ema_decay: float = 0.999
-    latent_tokens: int | None = None           # None = transformer width (official rule)
-    normalise_latents: bool = False            # rescale the (frozen) VAE so cached latent means have std 1
-    single_batch_instances: int = 0            # instances in a single-object batch (0 = batch_size × 6)
-    lora: LoRASettings | None = None           # set: LoRA fine-tuning of the transformer only
-    box_loss_weight: float = 0.0               # > 0: auxiliary layout loss on the image encoders (a
-                                               # training-only head regresses each instance's 3D box)
+    kind: Literal["dit"] = "dit"
+    mi_layers: list[NonNegativeInt] | str | None = None  # the layer grammar: None/"default", "all", "none", "2-6"
+    mixed_probability: Probability = 0.0   # chance that a step is a batch of single objects, MI off
+    condition_drop: Probability = 0.1      # per scene, for classifier-free guidance
+    train_encoders: bool = True            # small models train their CLIP/DINOv2 from scratch
+    ema_decay: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.999
+    latent_tokens: PositiveInt | None = None  # None = transformer width (official rule)
+    normalise_latents: bool = False        # rescale the (frozen) VAE so cached latent means have std 1
+    single_batch_instances: NonNegativeInt = 0  # instances in a single-object batch (0 = batch_size × 6)
+    lora: LoRASettings | None = None       # set: LoRA fine-tuning of the transformer only
+    box_loss_weight: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0  # > 0: auxiliary layout loss
+                                           # (a training-only head regresses each instance's 3D box)
 
-    def __post_init__(self):
-        if isinstance(self.lora, dict):
-            self.lora = LoRASettings(**self.lora)
+    @field_validator("mi_layers")
+    @classmethod
+    def _layer_grammar(cls, value):
+        check_layer_spec(value)
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.box_loss_weight > 0 and not (self.train_encoders and self.lora is None):
+            raise ValueError("box_loss_weight trains the image encoders: it needs train_encoders and no lora")
+        return self
 
 
 CONFIG_CLASSES = {"vae": VAETrainConfig, "dit": DiTTrainConfig}
 
 
-def _coerce(cls, data: dict, source: str):
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{source}: unknown keys {unknown} for a {data.get('kind', '?')} config")
-    if "betas" in data:
-        data["betas"] = tuple(float(b) for b in data["betas"])
-    types = {f.name: str(f.type) for f in fields(cls)}
-    for key, value in data.items():
-        kind = types[key]
-        try:  # YAML reads 1e-5 (no dot) as a string; plain numbers must be numbers
-            if kind == "float" and not isinstance(value, bool):
-                data[key] = float(value)
-            elif kind == "int" and not isinstance(value, bool):
-                if float(value) != int(float(value)):
-                    raise ValueError
-                data[key] = int(float(value))
-        except (TypeError, ValueError):
-            raise ValueError(f"{source}: {key} must be a{'n integer' if kind == 'int' else ' number'}, "
-                             f"got {value!r}") from None
-    return cls(**data)
+def _one_line(err: ValidationError, source: str) -> str:
+    """The first problem of a validation error as ``SOURCE: key: message (got VALUE)``."""
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "config"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    got = "" if first["type"] == "missing" else f" (got {first.get('input')!r})"
+    more = f"; {len(err.errors()) - 1} more problem(s)" if len(err.errors()) > 1 else ""
+    return f"{source}: {key}: {message}{got}{more}"
+
+
+def build_config(data: dict, source: str) -> TrainConfig:
+    """A validated config from plain data; ``ValueError`` with one line naming the key otherwise."""
+    kind = data.get("kind")
+    if kind not in CONFIG_CLASSES:
+        raise ValueError(f"{source}: kind: must be one of {sorted(CONFIG_CLASSES)} (got {kind!r})")
+    try:
+        return CONFIG_CLASSES[kind].model_validate(data)
+    except ValidationError as err:
+        raise ValueError(_one_line(err, source)) from None
+
+
+def builtin_config_path(name: str) -> Path | None:
+    """``configs/train/<name>.yaml`` shipped in the package, or ``None``."""
+    path = resources.files("midi3d.configs").joinpath("train", f"{name.removesuffix('.yaml')}.yaml")
+    return Path(str(path)) if path.is_file() else None
 
 
 def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
     """Read a YAML config (a path, or the name of a built-in one) and apply ``key=value`` overrides
-    (values parsed as YAML)."""
+    (values parsed as YAML; ``a.b=v`` sets a nested key)."""
     path = Path(path)
     if not path.is_file():
-        builtin = resources.files("midi3d.configs").joinpath("train", f"{path.name.removesuffix('.yaml')}.yaml")
-        if not builtin.is_file():
+        builtin = builtin_config_path(path.name)
+        if builtin is None:
             raise ValueError(f"{path}: no such config file (and no built-in train config of that name)")
-        path = Path(str(builtin))
+        path = builtin
     data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise ValueError(f"--set {item!r}: expected key=value")
-        data[key.strip()] = read_yaml(f"--set {item}", value)
-    kind = data.get("kind")
-    if kind not in CONFIG_CLASSES:
-        raise ValueError(f"{path}: 'kind' must be one of {sorted(CONFIG_CLASSES)}, got {kind!r}")
-    return _coerce(CONFIG_CLASSES[kind], data, str(path))
+        *parents, leaf = key.strip().split(".")
+        target = data
+        for parent in parents:
+            if not isinstance(target.get(parent), dict):
+                target[parent] = {}
+            target = target[parent]
+        target[leaf] = read_yaml(f"--set {item}", value)
+    return build_config(data, str(path) if not overrides else f"{path} (with --set)")
 
 
 def config_dict(config: TrainConfig) -> dict:
-    return asdict(config)
+    """Plain data (tuples as lists) for ``config.yaml`` and checkpoints."""
+    return config.model_dump(mode="json")

@@ -22,23 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.checkpoint import save_tensors_atomic
-from ..models.factory import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
-from ..models.image_encoders import encode_clip, encode_dino
+from ..models.image_encoders import dino_channels, encode_clip, encode_dino, normalised_pixels
 from .cache import TrainingCache
 from .config import DiTTrainConfig
 
 AVERAGE_INSTANCES = 6
-
-
-def resolve_mi_layers(value, num_layers: int) -> list[int] | None:
-    """Config value → block indices: ``None`` (model default), ``"all"``, ``"none"`` or a list."""
-    if value is None or value == "default":
-        return None
-    if value == "all":
-        return list(range(num_layers))
-    if value in ("none", "off"):
-        return []
-    return [int(i) for i in value]
 
 
 @torch.no_grad()
@@ -85,12 +73,6 @@ def rescale_latent_space(vae, scale: float) -> None:
     vae.quant.bias[:channels] /= scale
     vae.quant.bias[channels:] -= 2.0 * float(np.log(scale))
     vae.post_quant.weight *= scale
-
-
-def normalise(pixels: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
-    """uint8 ``[N, 3, S, S]`` → the processor's rescaled and normalised float pixels."""
-    x = pixels.float() * (1 / 255)
-    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 
 
 def object_boxes(surface: torch.Tensor) -> torch.Tensor:
@@ -154,7 +136,7 @@ class DiTTask:
         self.pipe, self.cache, self.config = pipe, cache, config
         self.latent_mean, self.latent_std = latents
         pipe.vae.requires_grad_(False)
-        pipe.transformer.set_multi_instance_layers(resolve_mi_layers(config.mi_layers, pipe.transformer.config.num_layers))
+        pipe.set_multi_instance_layers(config.mi_layers)
         if config.lora is not None:
             from ..models.lora import add_lora
 
@@ -168,9 +150,7 @@ class DiTTask:
         pipe.transformer.gradient_checkpointing = config.gradient_checkpointing
         head = None
         self.boxes = None
-        if config.box_loss_weight > 0:
-            if not (config.train_encoders and config.lora is None):
-                raise ValueError("box_loss_weight trains the image encoders: it needs train_encoders and no LoRA")
+        if config.box_loss_weight > 0:  # the config checked that the encoders train
             self.boxes = object_boxes(cache.surface)
             with torch.random.fork_rng(devices=[]):  # a seeded head, global RNG left as it was
                 torch.manual_seed(config.seed)
@@ -203,15 +183,20 @@ class DiTTask:
         per_scene = torch.tensor(counts)
         sigma = torch.sigmoid(torch.randn(len(counts), generator=generator)).repeat_interleave(per_scene)
         keep = (torch.rand(len(counts), generator=generator) >= self.config.condition_drop).float()
-        pixels = self.cache.instance_pixels[rows]
-        scene = self.cache.scene_pixels[self.instance_scene[rows]]
-        masks = self.cache.instance_masks[rows].float()[:, None]
-        dino = torch.cat([normalise(pixels, IMAGENET_MEAN, IMAGENET_STD), normalise(scene, IMAGENET_MEAN, IMAGENET_STD),
-                          masks], dim=1)
-        return {"clip_pixels": normalise(pixels, CLIP_MEAN, CLIP_STD).to(device), "dino_pixels": dino.to(device),
+        clip, dino = self.encoder_pixels(rows)
+        return {"clip_pixels": clip.to(device), "dino_pixels": dino.to(device),
                 "x0": x0.to(device), "noise": noise.to(device), "sigma": sigma.to(device),
                 "keep": keep.repeat_interleave(per_scene).to(device), "counts": counts, "single": single,
                 **({"boxes": self.boxes[objects].to(device)} if self.boxes is not None else {})}
+
+    def encoder_pixels(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """CLIP ``[I, 3, h1, w1]`` and DINOv2 ``[I, 7, h2, w2]`` inputs of cached instances ``rows``,
+        normalised by the pipeline's own processors exactly as at inference."""
+        clip = normalised_pixels(self.pipe.feature_extractor_1, self.cache.clip_pixels[rows])
+        dino = dino_channels(self.pipe.feature_extractor_2, self.cache.instance_pixels[rows],
+                             self.cache.scene_pixels[self.instance_scene[rows]],
+                             self.cache.instance_masks[rows][:, None])
+        return clip, dino
 
     def write_model(self, folder: Path) -> None:
         if self.config.lora is not None:

@@ -39,12 +39,13 @@ def run_training(config: TrainConfig, data: Path, out: Path, init: Path | None =
     import torch
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    from ..models.image_encoders import processed_size
-    from .cache import CacheSettings, build_cache
+    from .cache import CacheSettings, build_cache, processor_configs
     from .loop import train
 
     if isinstance(config, DiTTrainConfig) and config.lora is not None and init is None:
         raise ValueError("LoRA fine-tuning needs a pretrained pipeline: pass --init FOLDER")
+    if init is not None and not (Path(init) / "model_index.json").is_file():
+        raise ValueError(f"{init}: not a pipeline folder (no model_index.json)")
     accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     out.mkdir(parents=True, exist_ok=True)
@@ -52,12 +53,15 @@ def run_training(config: TrainConfig, data: Path, out: Path, init: Path | None =
         (out / "config.yaml").write_text(yaml.safe_dump(config_dict(config), sort_keys=False))
     torch.manual_seed(config.seed)
     pipe = base_pipeline(config, init, allow_pickle).to(accelerator.device)
-    size = processed_size(pipe.feature_extractor_1)[0]
-    settings = CacheSettings(size, config.surface_points, config.near_points, config.uniform_points,
+    # the trained folder records what it should sample with (model_index.json)
+    pipe.sampling_defaults = pipe.sampling_defaults.resolve(config.sample_steps, config.sample_guidance,
+                                                            config.sample_resolution)
+    settings = CacheSettings(config.surface_points, config.near_points, config.uniform_points,
                              config.min_area_fraction, config.max_instances, config.seed,
                              config.around_points, config.around_margin)
     with accelerator.main_process_first():
-        cache = build_cache(data, cache_dir or out / "cache", settings, jobs=config.cache_jobs)
+        cache = build_cache(data, cache_dir or out / "cache", settings, processor_configs(pipe),
+                            jobs=config.cache_jobs)
     if accelerator.is_main_process:
         logger.info("training cache: %d scenes, %d objects", cache.num_scenes, len(cache.surface))
     if isinstance(config, VAETrainConfig):

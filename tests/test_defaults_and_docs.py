@@ -1,0 +1,144 @@
+"""Defaults travel with the model (embedded folder, folders written by ``midi3d train``), the
+README's Python example runs as written, and training configs are validated before any work."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from conftest import BUNDLED, REPO, TEST_SPEC
+from midi3d.cli import app
+
+
+def test_embedded_folder_samples_at_its_recorded_defaults():
+    """``pipe(image, label_map)`` with nothing else set: guidance 2 and 128³ from the folder."""
+    import midi3d.pipelines.pipeline_midi as pipeline_module
+    from midi3d.embedded import load_embedded_pipeline
+    from midi3d.pipelines.scene import load_scene
+
+    pipe = load_embedded_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    scene = load_scene(BUNDLED / "blocks-5_rgb.png", BUNDLED / "blocks-5_seg.png")
+    resolutions = []
+    real = pipeline_module.extract_meshes
+
+    def spy(sdfs, method, resolution, *args, **kwargs):
+        resolutions.append(resolution)
+        return real(sdfs, method, resolution, *args, **kwargs)
+
+    pipeline_module.extract_meshes = spy
+    try:
+        out = pipe(scene.rgb, scene.labels, num_inference_steps=2, seed=0)
+    finally:
+        pipeline_module.extract_meshes = real
+    assert out.settings["guidance"] == 2.0 and out.settings["resolution"] == 128 and resolutions == [128]
+    assert out.instance_ids == scene.ids
+
+
+def test_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's Python block, executed unchanged in a folder holding ``MIDI-3D`` (here the
+    embedded folder), ``room.png`` and ``room_seg.png``."""
+    from midi3d.embedded import embedded_model_folder
+
+    text = (REPO / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "from_pretrained" in b]
+    assert len(blocks) == 1, "expected one Python example that loads a pipeline folder"
+    shutil.copytree(embedded_model_folder(), tmp_path / "MIDI-3D")
+    shutil.copy(BUNDLED / "blocks-5_rgb.png", tmp_path / "room.png")
+    shutil.copy(BUNDLED / "blocks-5_seg.png", tmp_path / "room_seg.png")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(blocks[0], "README.md", "exec"), {"__name__": "readme"})
+    import trimesh
+
+    scene = trimesh.load(tmp_path / "room.glb", force="scene")
+    assert sorted(scene.metadata["midi3d_instance_ids"]) == [1, 2, 3, 4, 5]
+    assert len(scene.geometry) >= 3
+
+
+def test_a_trained_folder_reloads_with_the_defaults_it_was_saved_with(tmp_path):
+    from midi3d.data.synth import SynthConfig, generate_dataset
+    from midi3d.pipelines import MIDIPipeline
+    from midi3d.pipelines.sampling import SamplingDefaults
+    from midi3d.training.config import VAETrainConfig
+    from midi3d.training.run import run_training
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**TEST_SPEC, "standin_occupancy": None, "mi_layers": [2]}))
+    generate_dataset(tmp_path / "data", 2, SynthConfig(seed=5, image_size=64, surface_points=256), jobs=1)
+    config = VAETrainConfig(model=str(spec), max_steps=1, batch_size=2, latent_tokens=8, query_points=64,
+                            surface_points=64, near_points=64, uniform_points=32, cache_jobs=1,
+                            sample_steps=12, sample_guidance=3.5, sample_resolution=64)
+    run_training(config, tmp_path / "data", tmp_path / "run", quiet=True)
+    folder = tmp_path / "run" / "final" / "pipeline"
+    loaded = MIDIPipeline.from_pretrained(folder)
+    assert loaded.sampling_defaults == SamplingDefaults(steps=12, guidance=3.5, resolution=64)
+    assert loaded.transformer.mi_layers == (2,)
+    # a run that sets nothing keeps what the starting folder records
+    config = VAETrainConfig(**{**config.model_dump(), "sample_steps": None, "sample_guidance": None,
+                               "sample_resolution": None, "max_steps": 2})
+    run_training(config, tmp_path / "data", tmp_path / "run2", init=folder, quiet=True)
+    again = MIDIPipeline.from_pretrained(tmp_path / "run2" / "final" / "pipeline")
+    assert again.sampling_defaults == loaded.sampling_defaults
+
+
+BAD_SETS = [
+    ("unknown_key=1", "unknown_key: unknown key"),
+    ("latent_tokens=abc", "latent_tokens: Input should be a valid integer"),
+    ("max_steps=-5", "max_steps: Input should be greater than or equal to 1"),
+    ("lr_schedule=cosin", "lr_schedule: Input should be 'constant' or 'cosine'"),
+    ("lora={rnk: 4}", "lora.rnk: unknown key"),
+    ("lora=[1, 2]", "lora: Input should be a valid dictionary"),
+    ("mi_layers=4-1", "mi_layers: layers '4-1'"),
+    ("gradient_checkpointing=maybe", "gradient_checkpointing: Input should be a valid boolean"),
+    ("lr=nan", "lr: Input should be a finite number"),
+    ("mixed_probability=1.5", "mixed_probability: Input should be less than or equal to 1"),
+    ("sample_resolution=100", "sample_resolution: .*power of two"),
+    ("lora.rank=0", "lora.rank: Input should be greater than or equal to 1"),
+]
+
+
+@pytest.mark.parametrize("setting, message", BAD_SETS)
+def test_bad_training_settings_are_one_line_before_any_work(tmp_path, setting, message):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "dit-tiny", "--data", str(tmp_path), "--out", str(out),
+                                      "--set", setting])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert re.search(message, lines[0]), lines[0]
+    assert not out.exists()
+
+
+def test_layer_grammar_is_the_same_everywhere(tmp_path):
+    """``all`` and ``1,4-6`` mean the same on the command line, in a config and in the pipeline."""
+    from midi3d.training.config import load_train_config
+
+    assert load_train_config("dit-tiny", ["mi_layers=all"]).mi_layers == "all"
+    assert load_train_config("dit-tiny", ["mi_layers=1,4-6"]).mi_layers == "1,4-6"
+    result = CliRunner().invoke(app, ["generate", str(BUNDLED / "blocks-5_rgb.png"), "--seg",
+                                      str(BUNDLED / "blocks-5_seg.png"), "-o", str(tmp_path / "x.glb"),
+                                      "--mi-layers", "4-1"])
+    assert result.exit_code == 2 and "layers '4-1'" in result.output
+
+
+def test_the_embedded_recipe_is_in_yaml_and_its_stages_parse():
+    """scripts/train-embedded.sh calls the recipe's YAML files; each parses and names a stage."""
+    from midi3d.training.config import load_train_config
+
+    script = (REPO / "scripts" / "train-embedded.sh").read_text()
+    names = re.findall(r"train (embedded-[\w-]+)", script)
+    assert len(names) >= 4 and "--set" not in script
+    for name in names:
+        config = load_train_config(name)
+        assert config.kind in ("vae", "dit")
+    final = load_train_config(names[-1])
+    assert (final.box_loss_weight, final.max_steps, final.sample_guidance, final.sample_resolution) == \
+        (1.0, 24000, 2.0, 128)
+    assert json.loads((REPO / "midi3d" / "assets" / "midi3d-tiny" / "model_index.json").read_text())[
+        "_midi3d_sampling"] == {"num_inference_steps": 50, "guidance_scale": 2.0, "resolution": 128}
