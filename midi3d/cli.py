@@ -12,6 +12,7 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -39,6 +40,25 @@ class DType(str, Enum):
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
+
+
+# Options shared by several commands (one help text each).
+ModelOpt = Annotated[Path | None, typer.Option("--model", help="Pipeline folder (official layout). Default: embedded.")]
+StepsOpt = Annotated[int | None, typer.Option("--steps", help="Denoising steps; default: the model folder's (50).")]
+GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale (<= 1 disables "
+                                                   "it); default: the model folder's (embedded 2, official 7).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Noise seed.")]
+ResolutionOpt = Annotated[int | None, typer.Option("--resolution", help="Meshing grid (cells per axis, a power of "
+                                                   "two); default: the model folder's (embedded 128, official 256).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, …")]
+DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Network dtype (float16 needs a GPU).")]
+ExtractOpt = Annotated[Extract, typer.Option("--extract", help="Mesh extraction: hierarchical, or dense (the "
+                                             "strict official procedure).")]
+MaxInstancesOpt = Annotated[int, typer.Option("--max-instances", min=1, help="Refuse label maps with more instances "
+                                              "(automatic segmentation keeps this many largest).")]
+MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=4, help="Refuse images with more pixels "
+                                           "(decompression bombs).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")]
 
 
 def _fail(message: str) -> None:
@@ -92,43 +112,37 @@ def generate(
                                     "classic segmentation (see `midi3d segment`)."),
     output: Path | None = typer.Option(None, "-o", "--output",
                                        help="Output scene file (.glb/.obj/.ply), or folder in folder mode."),
-    model: Path | None = typer.Option(None, "--model", help="Pipeline folder (official layout). Default: embedded."),
-    steps: int | None = typer.Option(None, "--steps", help="Denoising steps; default: the model folder's (50)."),
-    guidance: float | None = typer.Option(None, "--guidance", help="Classifier-free guidance scale (<= 1 disables "
-                                          "it); default: the model folder's (embedded 2, official 7)."),
-    seed: int = typer.Option(DEFAULT_SEED, "--seed"),
+    model: ModelOpt = None,
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    seed: SeedOpt = DEFAULT_SEED,
     mi_layers: str | None = typer.Option(None, "--mi-layers", help="Multi-instance blocks: 'default' (the "
                                          "folder's), 'all', 'none', '8-12', '8,9,10' or '1,4-6'."),
     pad: bool = typer.Option(False, "--pad", help="Official image padding around the objects."),
     latent_tokens: int | None = typer.Option(None, "--latent-tokens", min=1,
                                              help="Latent tokens per instance (default: the transformer width)."),
-    device: str = typer.Option("cpu", "--device"),
-    dtype: DType = typer.Option(DType.float32, "--dtype"),
-    extract: Extract = typer.Option(Extract.hierarchical, "--extract", help="Mesh extraction mode."),
-    resolution: int | None = typer.Option(None, "--resolution", help="Effective grid resolution (cells per axis); "
-                                          "default: the model folder's (embedded 128, official 256)."),
+    device: DeviceOpt = "cpu",
+    dtype: DTypeOpt = DType.float32,
+    extract: ExtractOpt = Extract.hierarchical,
+    resolution: ResolutionOpt = None,
     smooth: bool = typer.Option(False, "--smooth", help="Official 3x3x3 mean-filter smoothing (dense only)."),
     faces: int = typer.Option(0, "--faces", min=0, help="Decimate each mesh to this many faces (0 = keep)."),
     no_postprocess: bool = typer.Option(False, "--no-postprocess", help="Skip the mesh clean-up."),
     fmt: str = typer.Option("glb", "--format", help="Output format in folder mode: glb, obj or ply."),
-    max_instances: int = typer.Option(DEFAULT_MAX_INSTANCES, "--max-instances", min=1,
-                                      help="Refuse label maps with more instances (automatic segmentation keeps "
-                                           "this many largest)."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=4,
-                                   help="Refuse images with more pixels (decompression bombs)."),
+    max_instances: MaxInstancesOpt = DEFAULT_MAX_INSTANCES,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Folder mode: regenerate scenes whose output already exists."),
     lora: Path | None = typer.Option(None, "--lora", help="LoRA adapter folder (from midi3d train) to apply."),
     lora_scale: float = typer.Option(1.0, "--lora-scale", help="Strength of the LoRA adapter."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle",
                                       help="Allow pickled .bin/.ckpt weights (loaded with weights_only=True)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or summaries."),
+    quiet: QuietOpt = False,
 ) -> None:
     """Generate a 3D scene (one mesh per instance) from an image and its instance label map."""
     from .geometry.postprocess import PostprocessConfig
     from .io.errors import InputError
-    from .io.files import remove_stale_temporaries
-    from .pipelines.batch import ReadLimits, check_output_format, plan_folder, read_single_scene
+    from .pipelines.batch import ReadLimits
     from .pipelines.loading import load_pipeline, resolve_dtype
     from .pipelines.pipeline_midi import ExtractionOptions
     from .pipelines.scene import GenerateOptions
@@ -136,26 +150,13 @@ def generate(
     _setup_logging(quiet)
     limits = ReadLimits(max_instances=max_instances, max_pixels=max_pixels)
     with _one_line_errors():
-        if not input.exists():
-            raise InputError(f"{input}: file not found")
         if extract is Extract.hierarchical and smooth:
             raise InputError("--smooth applies to --extract dense only")
         _check_sampling(steps, guidance, resolution, mi_layers)
         torch_dtype = resolve_dtype(dtype.value, device)
-        if input.is_dir():
-            out = output or Path("outputs")
-            plan = plan_folder(input, out, fmt, overwrite)
-        else:
-            out = check_output_format(output or Path(f"{input.stem}.glb"))
-            scene = read_single_scene(input, seg, limits, allow_pickle=trust_pickle)
-    _require_writable(out if input.is_dir() else out.parent)
-    if input.is_dir():
-        if plan.skipped and not quiet:
-            err_console.print(f"{len(plan.skipped)} scene(s) already in {out}: skipped (--overwrite redoes them)",
-                              highlight=False)
-        if not plan.todo:
-            return
-        remove_stale_temporaries(out)  # left by a run that was killed while writing
+        out, work = _plan_outputs(input, seg, output, fmt, overwrite, limits, trust_pickle, quiet)
+    if work is None:
+        return
     options = GenerateOptions(
         steps=steps, guidance=guidance, seed=seed, pad=pad, num_latent_tokens=latent_tokens,
         max_instances=max_instances,
@@ -165,9 +166,36 @@ def generate(
     with _one_line_errors():
         pipe = load_pipeline(model, torch_dtype, device, mi_layers, trust_pickle, lora, lora_scale, quiet)
     if input.is_dir():
-        _generate_folder(pipe, plan, options, limits, out, quiet)
+        _generate_folder(pipe, work, options, limits, out, quiet)
     else:
-        _generate_one(pipe, scene, options, out, quiet)
+        _generate_one(pipe, work, options, out, quiet)
+
+
+def _plan_outputs(input: Path, seg: Path | None, output: Path | None, fmt: str, overwrite: bool, limits,
+                  trust_pickle: bool, quiet: bool):
+    """``(output, work)``: the folder plan or the read scene; ``work`` is ``None`` when a folder run
+    has nothing left to do. The output location is checked for writing before any model loads."""
+    from .io.errors import InputError
+    from .io.files import remove_stale_temporaries
+    from .pipelines.batch import check_output_format, plan_folder, read_single_scene
+
+    if not input.exists():
+        raise InputError(f"{input}: file not found")
+    if not input.is_dir():
+        out = check_output_format(output or Path(f"{input.stem}.glb"))
+        scene = read_single_scene(input, seg, limits, allow_pickle=trust_pickle)
+        _require_writable(out.parent)
+        return out, scene
+    out = output or Path("outputs")
+    plan = plan_folder(input, out, fmt, overwrite)
+    _require_writable(out)
+    if plan.skipped and not quiet:
+        err_console.print(f"{len(plan.skipped)} scene(s) already in {out}: skipped (--overwrite redoes them)",
+                          highlight=False)
+    if not plan.todo:
+        return out, None
+    remove_stale_temporaries(out)  # left by a run that was killed while writing
+    return out, plan
 
 
 def _generate_one(pipe, scene, options, out: Path, quiet: bool) -> None:
@@ -234,11 +262,9 @@ def segment(
     points: list[str] = typer.Option([], "--points", help="SAM point prompts 'x,y' (repeat or space-separate)."),
     boxes: list[str] = typer.Option([], "--boxes", help="SAM box prompts 'x0,y0,x1,y1' (repeat or space-separate)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow a pickled SAM .pth (weights_only)."),
-    max_instances: int = typer.Option(DEFAULT_MAX_INSTANCES, "--max-instances", min=1,
-                                      help="Refuse label maps with more instances (automatic back ends keep this "
-                                           "many largest)."),
-    max_pixels: int = typer.Option(DEFAULT_MAX_PIXELS, "--max-pixels", min=4, help="Refuse larger images."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    max_instances: MaxInstancesOpt = DEFAULT_MAX_INSTANCES,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    quiet: QuietOpt = False,
 ) -> None:
     """Write an instance label map for IMAGE and an overlay preview (<output>_overlay.png)."""
     from .io.errors import InputError
@@ -286,7 +312,7 @@ def synth(
     image_size: int = typer.Option(512, "--image-size", min=32),
     surface_points: int = typer.Option(20480, "--surface-points", min=1, help="Surface samples stored per object."),
     frame: str = typer.Option("view", "--frame", help="Scene frame: 'view' (view 0 looks along -z) or 'world'."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: QuietOpt = False,
 ) -> None:
     """Generate synthetic indoor scenes (render, id maps, object meshes, surface samples)."""
     import os
@@ -320,7 +346,7 @@ def train(
     overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set max_steps=100 (YAML value)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled .bin weights in --init."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads per process (0 = torch's default)."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: QuietOpt = False,
 ) -> None:
     """Train the shape VAE or the diffusion transformer (full, or LoRA), resumably, on accelerate."""
     from .training.config import load_train_config
@@ -353,17 +379,16 @@ def demo(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 = all)."),
     port: int = typer.Option(7860, "--port"),
     share: bool = typer.Option(False, "--share/--no-share", help="Gradio share link (needs internet)."),
-    model: Path | None = typer.Option(None, "--model", help="Pipeline folder. Default: embedded."),
+    model: ModelOpt = None,
     sam_checkpoint: Path | None = typer.Option(None, "--sam-checkpoint", help="SAM weights for clicks/boxes."),
     max_upload_mb: float = typer.Option(15.0, "--max-upload-mb", help="Largest accepted upload."),
     max_side: int = typer.Option(2048, "--max-side", help="Largest accepted image side, in pixels."),
     max_instances: int = typer.Option(16, "--max-instances"),
     queue_size: int = typer.Option(8, "--queue-size", help="Waiting generations beyond the running one."),
-    resolution: int | None = typer.Option(None, "--resolution", help="Mesh extraction grid (cells per axis, power "
-                                          "of two); default: the model folder's (embedded 128, official 256)."),
+    resolution: ResolutionOpt = None,
     cache_ttl: int = typer.Option(240, "--cache-ttl", min=2,
                                   help="Seconds before Gradio deletes uploads and results of past requests."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: QuietOpt = False,
 ) -> None:
     """Serve the Gradio demo (one generation at a time, bounded queue)."""
     from .demo.app import DemoConfig, launch
@@ -393,7 +418,7 @@ def evaluate(
     dataset: str = typer.Option("3dfront", "--dataset", help="3dfront or blendswap."),
     root: Path = typer.Option(..., "--root", help="Dataset root."),
     out: Path = typer.Option(Path("eval-results"), "--out", help="Results folder (JSONL log and summaries)."),
-    model: Path | None = typer.Option(None, "--model", help="Pipeline folder. Default: embedded."),
+    model: ModelOpt = None,
     pred_dir: Path | None = typer.Option(None, "--pred-dir", help="Score <key>.glb files of another method."),
     export_gt: Path | None = typer.Option(None, "--export-gt", help="Write the ground truth as <key>.glb and stop."),
     limit: int = typer.Option(0, "--limit", min=0, help="Only the first N samples (0 = all)."),
@@ -406,20 +431,17 @@ def evaluate(
                                                 "(official), none for blendswap."),
     min_area: float = typer.Option(0.001, "--min-area", help="Drop objects whose mask covers <= this fraction."),
     points: int = typer.Option(20480, "--points", help="Surface samples per object."),
-    steps: int | None = typer.Option(None, "--steps", help="Denoising steps; default: the model folder's (50)."),
-    guidance: float | None = typer.Option(None, "--guidance",
-                                          help="Guidance scale; default: the model folder's (embedded 2, official 7)."),
-    seed: int = typer.Option(DEFAULT_SEED, "--seed"),
-    extract: Extract = typer.Option(Extract.hierarchical, "--extract",
-                                    help="hierarchical, or dense for the strict official protocol."),
-    resolution: int | None = typer.Option(None, "--resolution",
-                                          help="Meshing grid; default: the model folder's (embedded 128, official 256)."),
-    device: str = typer.Option("cpu", "--device"),
-    dtype: DType = typer.Option(DType.float32, "--dtype"),
+    steps: StepsOpt = None,
+    guidance: GuidanceOpt = None,
+    seed: SeedOpt = DEFAULT_SEED,
+    extract: ExtractOpt = Extract.hierarchical,
+    resolution: ResolutionOpt = None,
+    device: DeviceOpt = "cpu",
+    dtype: DTypeOpt = DType.float32,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run scenes that failed before."),
     save_visuals: bool = typer.Option(False, "--save-visuals",
                                       help="Write OUT/visuals/<key>.png: input, masks, prediction, ground truth."),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    quiet: QuietOpt = False,
 ) -> None:
     """Score a method on 3D-Front or BlendSwap (CD, F-Score, IoU-B at scene and object level)."""
     from .eval.benchmark import BenchmarkSpec, clean_outputs, open_benchmark

@@ -11,19 +11,18 @@ mkdir -p "$WORK"
 $MIDI3D synth --out "$WORK/synth-train" --scenes 2400 --seed 1 --image-size 256 --surface-points 4096 -q
 $MIDI3D synth --out "$WORK/synth-test" --scenes 200 --seed 7 -q
 
-# 2. Shape VAE: 2500 steps at a constant rate, then 2000 more with a cosine decay.
-OMP_NUM_THREADS=2 $MIDI3D train vae-tiny --data "$WORK/synth-train" --out "$WORK/vae" --cache-dir "$WORK/cache" -q
-OMP_NUM_THREADS=2 $MIDI3D train vae-tiny --data "$WORK/synth-train" --out "$WORK/vae" --cache-dir "$WORK/cache" -q \
-  --set max_steps=4500 --set lr_schedule=cosine --set decay_start=2500
+# 2. Shape VAE: 2500 steps at a constant rate, then 2000 more with a cosine decay (the same run).
+OMP_NUM_THREADS=2 $MIDI3D train embedded-vae --data "$WORK/synth-train" --out "$WORK/vae" --cache-dir "$WORK/cache" -q
+OMP_NUM_THREADS=2 $MIDI3D train embedded-vae-decay --data "$WORK/synth-train" --out "$WORK/vae" --cache-dir "$WORK/cache" -q
 
-# 3. Diffusion transformer + encoders (multi-instance attention on the default layers, mixed training).
-OMP_NUM_THREADS=1 $MIDI3D train dit-tiny --data "$WORK/synth-train" --out "$WORK/dit-mi-default" \
+# 3. Stage 1: diffusion transformer + encoders (multi-instance attention on the default layers, mixed training).
+OMP_NUM_THREADS=1 $MIDI3D train embedded-dit --data "$WORK/synth-train" --out "$WORK/dit-mi-default" \
   --init "$WORK/vae/final/pipeline" --cache-dir "$WORK/cache" --threads 1 -q
 # (scripts/ablation.sh trains this run and its three variants together, in parallel.)
 
 # 4. Decoder-only fine-tuning with noise on the latents (the encoder, hence the latent space, is frozen).
 #    It starts from the step-1000 checkpoint: any pipeline of step 3 holds the same rescaled VAE.
-OMP_NUM_THREADS=1 $MIDI3D train vae-decoder-robust --data "$WORK/synth-train" --out "$WORK/vae-robust" \
+OMP_NUM_THREADS=1 $MIDI3D train embedded-decoder --data "$WORK/synth-train" --out "$WORK/vae-robust" \
   --init "$WORK/dit-mi-default/checkpoints/step-0001000/pipeline" --cache-dir "$WORK/cache" --threads 1 -q
 
 # 5. Assemble: the transformer's EMA pipeline folder with the fine-tuned decoder.
@@ -35,14 +34,11 @@ if [ ! -d "$WORK/stage-1" ]; then
   mv "$WORK/stage-1.tmp" "$WORK/stage-1"
 fi
 
-# 6. Stage 2: the transformer and encoders continue with the auxiliary layout loss (a training-only
-#    head regresses each instance's 3D box from the encoders' outputs), one process, 2 threads:
-#    14000 steps (cosine decay from 8000), then warm restarts to 18000 and 24000 on the same schedule.
-for steps in 14000 18000 24000; do
-  OMP_NUM_THREADS=2 $MIDI3D train dit-tiny --data "$WORK/synth-train" --out "$WORK/dit-layout" \
-    --init "$WORK/stage-1" --cache-dir "$WORK/cache" --threads 2 -q \
-    --set box_loss_weight=1.0 --set max_steps=$steps --set warmup_steps=100 --set decay_start=8000 \
-    --set checkpoint_every=500
+# 6. Stage 2: the layout loss, 14000 steps, then warm restarts to 18000 and 24000 (one run folder).
+#    The last one records guidance 2 and 128³ meshing in the folder it writes.
+for stage in embedded-layout-14k embedded-layout-18k embedded-layout-24k; do
+  OMP_NUM_THREADS=2 $MIDI3D train "$stage" --data "$WORK/synth-train" --out "$WORK/dit-layout" \
+    --init "$WORK/stage-1" --cache-dir "$WORK/cache" --threads 2 -q
 done
 
 # 7. Ship it (the model card README.md stays).

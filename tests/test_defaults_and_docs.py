@@ -132,13 +132,28 @@ def test_the_embedded_recipe_is_in_yaml_and_its_stages_parse():
     from midi3d.training.config import load_train_config
 
     script = (REPO / "scripts" / "train-embedded.sh").read_text()
-    names = re.findall(r"train (embedded-[\w-]+)", script)
-    assert len(names) >= 4 and "--set" not in script
+    names = re.findall(r"\b(embedded-[a-z0-9-]+)", script)
+    assert len(set(names)) == 7 and "--set" not in script
     for name in names:
         config = load_train_config(name)
         assert config.kind in ("vae", "dit")
+    assert names[-1] == "embedded-layout-24k"
     final = load_train_config(names[-1])
     assert (final.box_loss_weight, final.max_steps, final.sample_guidance, final.sample_resolution) == \
         (1.0, 24000, 2.0, 128)
     assert json.loads((REPO / "midi3d" / "assets" / "midi3d-tiny" / "model_index.json").read_text())[
         "_midi3d_sampling"] == {"num_inference_steps": 50, "guidance_scale": 2.0, "resolution": 128}
+
+
+def test_extends_merges_and_refuses_loops(tmp_path):
+    from midi3d.training.config import load_train_config
+
+    (tmp_path / "base.yaml").write_text("extends: lora\nmax_steps: 7\nlora:\n  rank: 4\n")
+    (tmp_path / "top.yaml").write_text("extends: base.yaml\nlr: 2.0e-4\n")
+    config = load_train_config(tmp_path / "top.yaml", ["lora.alpha=3"])
+    assert (config.max_steps, config.lr, config.lora.rank, config.lora.alpha) == (7, 2e-4, 4, 3.0)
+    assert config.lora.target_modules == ["to_q", "to_k", "to_v", "to_out.0"]  # merged, not replaced
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="loops back"):
+        load_train_config(tmp_path / "a.yaml")

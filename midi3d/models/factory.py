@@ -1,7 +1,7 @@
 """Build a MIDI pipeline of any size from a specification (YAML), with random weights.
 
-Used for the embedded model (its stand-in before training, and the starting point of
-training from scratch) and for tests.
+Used for the embedded model (the starting point of training from scratch, and a random
+baseline of its architecture), and for tests.
 """
 
 from __future__ import annotations

@@ -163,18 +163,47 @@ def builtin_config_path(name: str) -> Path | None:
     return Path(str(path)) if path.is_file() else None
 
 
-def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a YAML config (a path, or the name of a built-in one) and apply ``key=value`` overrides
-    (values parsed as YAML; ``a.b=v`` sets a nested key)."""
-    path = Path(path)
-    if not path.is_file():
-        builtin = builtin_config_path(path.name)
-        if builtin is None:
-            raise ValueError(f"{path}: no such config file (and no built-in train config of that name)")
-        path = builtin
+def _find(name: str | Path, relative_to: Path | None = None) -> Path:
+    path = Path(name)
+    if relative_to is not None and not path.is_absolute() and (relative_to / path).is_file():
+        return relative_to / path
+    if path.is_file():
+        return path
+    builtin = builtin_config_path(path.name)
+    if builtin is None:
+        raise ValueError(f"{path}: no such config file (and no built-in train config of that name)")
+    return builtin
+
+
+def read_config_data(name: str | Path, relative_to: Path | None = None, seen: tuple[Path, ...] = ()) -> dict:
+    """The plain data of a config file; ``extends: OTHER`` (a built-in name or a path next to the
+    file) starts from OTHER's data, and this file's keys replace (nested: merge into) its keys."""
+    path = _find(name, relative_to)
+    if path.resolve() in seen:
+        raise ValueError(f"{path}: 'extends' loops back to itself")
     data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ValueError(f"{path}: extends: expected a config name or path (got {parent!r})")
+    return _merged(read_config_data(parent, path.parent, (*seen, path.resolve())), data)
+
+
+def _merged(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_train_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a YAML config (a path, or the name of a built-in one; see :func:`read_config_data` for
+    ``extends``) and apply ``key=value`` overrides (values parsed as YAML; ``a.b=v`` sets a nested key)."""
+    path = _find(path)
+    data = read_config_data(path)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
