@@ -314,15 +314,9 @@ class MIDIPipeline(DiffusionPipeline):
         self.transformer.set_adapters(adapter_names, adapter_weights)
 
     def unload_lora_weights(self) -> None:
-        """Remove every adapter from the transformer."""
-        from peft.tuners.tuners_utils import BaseTunerLayer
-
-        for module in self.transformer.modules():
-            if isinstance(module, BaseTunerLayer):
-                for name in list(module.lora_A):
-                    module.delete_adapter(name)
-        self.transformer._hf_peft_config_loaded = False
-        self.transformer.peft_config = {}
+        """Remove every adapter from the transformer (its layers become plain again)."""
+        if getattr(self.transformer, "peft_config", None):
+            self.transformer.unload_lora()
 
     # -- stages --------------------------------------------------------------------------------
 

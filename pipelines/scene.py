@@ -26,7 +26,6 @@ from .sampling import DEFAULT_SEED
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("glb", "obj", "ply")
-SceneResult = MIDIPipelineOutput  # what generate_scene returns
 
 
 @dataclass

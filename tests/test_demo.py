@@ -4,7 +4,6 @@ real browser (Debian's chromium driven by Playwright)."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import threading
 import zipfile

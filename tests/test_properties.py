@@ -15,7 +15,8 @@ from PIL import Image
 
 from midi3d.eval.metrics import bbox_iou, chamfer_distance, fscore
 from midi3d.io.labelmap import read_label_map
-from midi3d.pipelines.scene import SceneResult, export_scene
+from midi3d.pipelines import MIDIPipelineOutput
+from midi3d.pipelines.scene import export_scene
 
 PROFILE = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -153,7 +154,7 @@ def mesh_sets(draw):
 @PROFILE
 @given(mesh_sets(), st.sampled_from(["glb", "obj", "ply"]))
 def test_any_mesh_set_exports_and_reloads_with_the_same_vertex_count(meshes, fmt):
-    result = SceneResult(meshes=meshes, instance_ids=list(range(1, len(meshes) + 1)))
+    result = MIDIPipelineOutput(meshes=meshes, instance_ids=list(range(1, len(meshes) + 1)))
     with tempfile.TemporaryDirectory() as folder:
         path = export_scene(result, Path(folder) / f"scene.{fmt}")
         if fmt == "glb":

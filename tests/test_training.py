@@ -139,10 +139,7 @@ def test_lora_adapter_saves_reloads_and_changes_the_output(data_root, spec_file,
     adapter = tmp_path / "lora" / "final" / "adapter"
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "adapter_config.json").is_file()
 
-    def velocity(with_lora: bool) -> torch.Tensor:
-        pipe = MIDIPipeline.from_pretrained(base)
-        if with_lora:
-            load_lora(pipe.transformer, adapter)
+    def velocity(pipe) -> torch.Tensor:
         gen = torch.Generator().manual_seed(0)
         x = torch.randn(3, 32, 4, generator=gen)
         c1, c2 = torch.randn(3, 1, 16, generator=gen), torch.randn(3, 5, 16, generator=gen)
@@ -150,9 +147,31 @@ def test_lora_adapter_saves_reloads_and_changes_the_output(data_root, spec_file,
             return pipe.transformer(x, torch.full((3,), 500.0), c1, c2,
                                     attention_kwargs={"num_instances": 3}).sample
 
-    plain, adapted, again = velocity(False), velocity(True), velocity(True)
+    plain = velocity(MIDIPipeline.from_pretrained(base))
+    direct = MIDIPipeline.from_pretrained(base)
+    load_lora(direct.transformer, adapter)
+    adapted = velocity(direct)
     assert (plain - adapted).abs().max() > 1e-4
-    torch.testing.assert_close(adapted, again, rtol=0, atol=0)
+    # the diffusers-style pipeline API over the transformer's PEFT integration: same numbers,
+    # weights per adapter, two adapters at once, unloading
+    pipe = MIDIPipeline.from_pretrained(base)
+    pipe.load_lora_weights(adapter, adapter_name="style")
+    torch.testing.assert_close(velocity(pipe), adapted, rtol=0, atol=0)
+    pipe.set_adapters(["style"], [0.0])
+    torch.testing.assert_close(velocity(pipe), plain, rtol=1e-6, atol=1e-6)
+    pipe.set_adapters(["style"], [0.5])
+    half = velocity(pipe)
+    assert 1e-5 < (half - plain).abs().max() < (adapted - plain).abs().max()
+    pipe.load_lora_weights(adapter, adapter_name="second", scale=1.0)
+    pipe.set_adapters(["style", "second"], [0.5, 0.5])
+    torch.testing.assert_close(velocity(pipe), adapted, rtol=1e-4, atol=1e-5)  # the same adapter, halves
+    from midi3d.models.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="already loaded"):
+        pipe.load_lora_weights(adapter, adapter_name="style")
+    pipe.unload_lora_weights()
+    torch.testing.assert_close(velocity(pipe), plain, rtol=0, atol=0)
+    assert not [n for n, _ in pipe.transformer.named_parameters() if "lora_" in n]
 
 
 def test_broken_samples_are_skipped_with_a_reason(data_root, tmp_path, caplog):

@@ -18,7 +18,7 @@ from PIL import Image
 from ..io.images import load_rgb
 from ..io.labelmap import instance_ids, read_label_map
 from ..io.paths import relative_inside, safe_name
-from .layout import RENDER, SCENE, SURFACE, read_surface
+from .layout import FURNITURE_IDS, RENDER, ROOM_IDS, SCENE, SURFACE, read_surface
 
 EVAL_SIZE = 512
 MIN_AREA_FRACTION = 0.001
@@ -91,7 +91,7 @@ class ThreeDFrontDataset:
     def __init__(self, root: str | Path, views: list[str] | None = None, test_size: int = TEST_SIZE,
                  object_filter: ObjectFilter | None = None, points: int = GT_POINTS, size: int = EVAL_SIZE):
         self.root = Path(root)
-        rooms_file, furniture_file = self.root / "midi_room_ids.json", self.root / "midi_furniture_ids.json"
+        rooms_file, furniture_file = self.root / ROOM_IDS, self.root / FURNITURE_IDS
         for path in (rooms_file, furniture_file):
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: not found (is {self.root} a 3D-Front/MIDI dataset root?)")
@@ -118,7 +118,7 @@ class ThreeDFrontDataset:
         room_index, view = divmod(index, len(self.views))
         room, names, view_name = self.rooms[room_index], self.furniture[room_index], self.views[view]
         key = self._keys[index]
-        source = self.root / "midi_room_ids.json"
+        source = self.root / ROOM_IDS
         render_dir = relative_inside(self.root / RENDER, room, source)
         rgb = load_rgb(render_dir / f"render_{view_name}.webp")
         labels = read_label_map(render_dir / f"semantic_{view_name}.png", max_instances=10_000)
@@ -128,7 +128,7 @@ class ThreeDFrontDataset:
         labels = np.where(np.isin(labels, kept), labels, 0)
         gt_points, meshes = [], []
         for instance in kept:
-            name = safe_name(names[instance - 1], self.root / "midi_furniture_ids.json")
+            name = safe_name(names[instance - 1], self.root / FURNITURE_IDS)
             surface = read_surface(relative_inside(self.root / SURFACE, room, source) / f"{name}.npy")["surface_points"]
             gt_points.append(_subsample(surface, self.points, [self.filter.seed, _stable_hash(key), instance]))
             meshes.append(relative_inside(self.root / SCENE, room, source) / f"{name}.glb")

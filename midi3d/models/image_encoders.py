@@ -35,17 +35,6 @@ def build_image_processor(kind: str, config: dict):
     return _processor_class(kind)(**kwargs)
 
 
-def processed_size(processor) -> tuple[int, int]:
-    """``(height, width)`` of the processor's output pixels."""
-    if getattr(processor, "do_center_crop", False):
-        crop = processor.crop_size
-        return int(crop["height"]), int(crop["width"])
-    size = processor.size
-    if "height" in size:
-        return int(size["height"]), int(size["width"])
-    raise ValueError("processor without center crop needs an explicit height/width size")
-
-
 def _as_pil(images: Sequence[ImageLike]) -> list[Image.Image]:
     return [img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img, dtype=np.uint8)) for img in images]
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.layout import RENDER, SCENE, SURFACE, read_surface
+from ..data.layout import FURNITURE_IDS, RENDER, ROOM_IDS, SCENE, SURFACE, read_surface
 from ..io.errors import InputError
 from ..io.files import write_atomic
 from ..io.images import load_rgb
@@ -112,7 +112,7 @@ def _room(root: Path, room: str, names: list[str], settings: CacheSettings, proc
     import trimesh
 
     try:
-        render_dir = relative_inside(root / RENDER, room, root / "midi_room_ids.json")
+        render_dir = relative_inside(root / RENDER, room, root / ROOM_IDS)
         rgb = load_rgb(render_dir / "render_0000.webp")
         labels = read_label_map(render_dir / "semantic_0000.png", max_instances=10_000)
     except Exception as err:  # an unreadable sample is skipped, not fatal
@@ -128,9 +128,9 @@ def _room(root: Path, room: str, names: list[str], settings: CacheSettings, proc
     surfaces, queries, sdfs = [], [], []
     for instance in ids:
         try:
-            name = safe_name(names[instance - 1], root / "midi_furniture_ids.json")
-            mesh_path = relative_inside(root / SCENE, room, root / "midi_room_ids.json") / f"{name}.glb"
-            surface_path = relative_inside(root / SURFACE, room, root / "midi_room_ids.json") / f"{name}.npy"
+            name = safe_name(names[instance - 1], root / FURNITURE_IDS)
+            mesh_path = relative_inside(root / SCENE, room, root / ROOM_IDS) / f"{name}.glb"
+            surface_path = relative_inside(root / SURFACE, room, root / ROOM_IDS) / f"{name}.npy"
             mesh = trimesh.load(mesh_path, force="mesh")
             if len(mesh.faces) == 0:
                 return {"skip": f"{mesh_path}: mesh has no faces"}
@@ -170,7 +170,7 @@ def build_cache(root: str | Path, cache_dir: str | Path, settings: CacheSettings
     if path.is_file() and index_path.is_file():
         tensors = load_file(path)
         return TrainingCache(**tensors, rooms=json.loads(index_path.read_text())["rooms"])
-    rooms_file, furniture_file = root / "midi_room_ids.json", root / "midi_furniture_ids.json"
+    rooms_file, furniture_file = root / ROOM_IDS, root / FURNITURE_IDS
     for required in (rooms_file, furniture_file):
         if not required.is_file():
             raise FileNotFoundError(f"{required}: not found (is {root} a dataset root in the 3D-Front/MIDI layout?)")
