@@ -312,6 +312,8 @@ def synth(
     image_size: int = typer.Option(512, "--image-size", min=32),
     surface_points: int = typer.Option(20480, "--surface-points", min=1, help="Surface samples stored per object."),
     frame: str = typer.Option("view", "--frame", help="Scene frame: 'view' (view 0 looks along -z) or 'world'."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start an existing dataset in OUT again (a rerun "
+                                   "with the same settings continues it; other settings are refused)."),
     quiet: QuietOpt = False,
 ) -> None:
     """Generate synthetic indoor scenes (render, id maps, object meshes, surface samples)."""
@@ -328,9 +330,9 @@ def synth(
     _require_writable(out)
     config = SynthConfig(seed=seed, views=views, image_size=image_size, surface_points=surface_points, frame=frame)
     start = time.perf_counter()
-    with progress_bar(total=scenes, desc="scenes", disable=quiet) as bar:
+    with progress_bar(total=scenes, desc="scenes", disable=quiet) as bar, _one_line_errors():
         generate_dataset(out, scenes, config, jobs=jobs or os.cpu_count() or 1,
-                         progress=lambda done, total: bar.update(done - bar.n))
+                         progress=lambda done, total: bar.update(done - bar.n), overwrite=overwrite)
     if not quiet:
         console.print(f"{scenes} scenes in {out} ({time.perf_counter() - start:.1f}s); folder-mode pairs in "
                       f"{out / 'pairs'}", highlight=False)

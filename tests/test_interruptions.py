@@ -168,6 +168,42 @@ def test_synth(tmp_path):
         check_complete(room)
     assert len(json.loads((root / "midi_room_ids.json").read_text())) == rooms
     assert temporaries(root) == []
+    # the index files (which object each instance id names) are those of an uninterrupted run
+    straight = tmp_path / "straight"
+    finish([*command[:command.index("--out") + 1], str(straight), *command[command.index("--out") + 2:]], tmp_path)
+    for name in ("midi_room_ids.json", "midi_furniture_ids.json", "valid_furniture_ids.json", "synth_config.json"):
+        assert (root / name).read_bytes() == (straight / name).read_bytes(), name
+
+
+def test_synth_resume_keeps_creation_order_and_refuses_other_settings(tmp_path):
+    from midi3d.data.synth import SynthConfig, generate_dataset
+    from midi3d.io.errors import InputError
+
+    config = SynthConfig(seed=8, image_size=48, surface_points=64)
+    generate_dataset(tmp_path / "grown", 2, config)
+    generate_dataset(tmp_path / "grown", 3, config)  # --scenes 2, then --scenes 3
+    generate_dataset(tmp_path / "straight", 3, config)
+    for name in ("midi_furniture_ids.json", "midi_room_ids.json"):
+        assert (tmp_path / "grown" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes()
+    furniture = json.loads((tmp_path / "grown" / "midi_furniture_ids.json").read_text())
+    assert any(names != sorted(names) for names in furniture)  # creation order is not alphabetical order
+    with pytest.raises(InputError, match="image_size 48 → 32.*--overwrite"):
+        generate_dataset(tmp_path / "grown", 3, SynthConfig(seed=8, image_size=32, surface_points=64))
+    with pytest.raises(InputError, match="surface_points 64 → 65"):
+        generate_dataset(tmp_path / "grown", 3, SynthConfig(seed=8, image_size=48, surface_points=65))
+    generate_dataset(tmp_path / "grown", 2, SynthConfig(seed=8, image_size=32, surface_points=64), overwrite=True)
+    assert json.loads((tmp_path / "grown" / "synth_config.json").read_text())["image_size"] == 32
+    assert len(list((tmp_path / "grown" / RENDER / "synth-8").iterdir())) == 2  # started again
+
+
+def test_two_synth_runs_on_one_folder_are_refused(tmp_path):
+    from midi3d.data.synth import SynthConfig, generate_dataset
+    from midi3d.io.errors import InputError
+    from midi3d.io.locks import folder_lock
+
+    with folder_lock(tmp_path / "d", "midi3d synth"):
+        with pytest.raises(InputError, match="another midi3d synth is writing here"):
+            generate_dataset(tmp_path / "d", 1, SynthConfig(seed=1, image_size=32, surface_points=16))
 
 
 def test_train(dataset, tmp_path):

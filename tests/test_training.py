@@ -258,8 +258,9 @@ def test_around_queries_fill_the_grown_box_and_leave_other_caches_unchanged():
     other_processors = (TINY_PROCESSORS[0], _processor_config("bit", 56))
     names = {settings.digest(TINY_PROCESSORS, root), settings.digest(other_processors, root),
              settings.digest(TINY_PROCESSORS, Path("/data/b")),
-             CacheSettings(2048, 2048, 1024, 0.001, 10, 0, around_points=1024).digest(TINY_PROCESSORS, root)}
-    assert len(names) == 4
+             CacheSettings(2048, 2048, 1024, 0.001, 10, 0, around_points=1024).digest(TINY_PROCESSORS, root),
+             settings.digest(TINY_PROCESSORS, root, "another-dataset-index")}
+    assert len(names) == 5
 
 
 def test_latent_rescaling_is_exact(spec_file):

@@ -36,7 +36,11 @@ from PIL import Image
 
 from ..io.files import remove_stale_temporaries, replace_folder, write_atomic
 from .furniture import FLOOR_FURNITURE, SMALL_FURNITURE, SUPPORTS
+from ..io.errors import InputError
 from .layout import RENDER, SCENE, SURFACE
+
+OBJECTS_FILE = "objects.json"  # in each room's render folder: its objects in instance order
+CONFIG_FILE = "synth_config.json"
 
 SCENE_EXTENT = 0.95
 
@@ -256,6 +260,8 @@ def build_room(root: Path, house: str, index: int, config: SynthConfig) -> dict:
             pairs = [(f"{house}__{room}_rgb.png", _png_bytes(rgb)), (f"{house}__{room}_seg.png", _png_bytes(labels))]
     for name, data in pairs:
         (staging / name).write_bytes(data)
+    # the object order (instance k+1 = object k) travels with the room: a resumed run reads it back
+    (staging / RENDER / OBJECTS_FILE).write_text(json.dumps([o.name for o in objects]) + "\n")
     for folder in (SURFACE, SCENE):
         replace_folder(staging / folder, root / folder / house / room)
     (root / "pairs").mkdir(exist_ok=True)
@@ -270,24 +276,70 @@ def _write_json(path: Path, data) -> None:
     write_atomic(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
-def generate_dataset(root: str | Path, scenes: int, config: SynthConfig, jobs: int = 1, progress=None) -> list[dict]:
-    """Generate ``scenes`` rooms under ``root`` with ``jobs`` processes; reruns skip finished rooms.
+def _config_record(config: SynthConfig) -> dict:
+    return json.loads(json.dumps(asdict(config)))  # tuples as lists, as read back from the file
+
+
+def check_same_settings(root: Path, config: SynthConfig) -> None:
+    """Refuse to add rooms to a dataset made with other settings (the room count may grow)."""
+    path = root / CONFIG_FILE
+    if not path.is_file():
+        if any((root / RENDER).glob("*/*")):
+            raise InputError(f"{root}: holds rooms but no {CONFIG_FILE}; write to a new folder or pass --overwrite")
+        return
+    try:
+        recorded = json.loads(path.read_text())
+        recorded.pop("scenes", None)
+    except (json.JSONDecodeError, AttributeError, OSError) as err:
+        raise InputError(f"{path}: unreadable ({err}); pass --overwrite to start the dataset again") from None
+    wanted = _config_record(config)
+    changed = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    if changed:
+        detail = ", ".join(f"{k} {recorded.get(k)!r} → {wanted.get(k)!r}" for k in changed)
+        raise InputError(f"{root}: made with other settings ({detail}); use the same settings, another folder, "
+                         "or --overwrite to start it again")
+
+
+def _finished_room(root: Path, house: str, index: int) -> dict | None:
+    """The record of a finished room (its object order read back), or ``None``."""
+    room = f"room-{index:05d}"
+    render_dir, objects_dir = root / RENDER / house / room, root / SCENE / house / room
+    if not (render_dir.is_dir() and objects_dir.is_dir() and (render_dir / OBJECTS_FILE).is_file()):
+        return None  # unfinished, or written before the order was recorded: made again
+    names = json.loads((render_dir / OBJECTS_FILE).read_text())
+    return {"room": f"{house}/{room}", "objects": names}
+
+
+def generate_dataset(root: str | Path, scenes: int, config: SynthConfig, jobs: int = 1, progress=None,
+                     overwrite: bool = False) -> list[dict]:
+    """Generate ``scenes`` rooms under ``root`` with ``jobs`` processes; reruns skip finished rooms
+    (their object order is read back from the room, never re-derived), and refuse a dataset made
+    with other settings unless ``overwrite`` (which starts it again). One writer at a time.
 
     ``progress(done, total)`` is called as rooms finish.
     """
+    from ..io.locks import folder_lock
+
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    with folder_lock(root, "midi3d synth"):
+        if overwrite:
+            for name in (RENDER, SCENE, SURFACE, "pairs", ".staging", CONFIG_FILE):
+                target = root / name
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        check_same_settings(root, config)
+        return _generate_locked(root, scenes, config, jobs, progress)
+
+
+def _generate_locked(root: Path, scenes: int, config: SynthConfig, jobs: int, progress) -> list[dict]:
     remove_stale_temporaries(root)  # a killed run's half-written JSON; its staging folders go below
     house = f"synth-{config.seed}"
-    _write_json(root / "synth_config.json", asdict(config) | {"scenes": scenes})
+    _write_json(root / CONFIG_FILE, asdict(config) | {"scenes": scenes})
     results: dict[int, dict] = {}
     todo = []
     for index in range(scenes):
-        finished = root / RENDER / house / f"room-{index:05d}"
-        objects_dir = root / SCENE / house / f"room-{index:05d}"
-        if finished.is_dir() and objects_dir.is_dir():
-            results[index] = {"room": f"{house}/room-{index:05d}",
-                              "objects": sorted(p.stem for p in objects_dir.glob("*.glb"))}
+        finished = _finished_room(root, house, index)
+        if finished is not None:
+            results[index] = finished
         else:
             todo.append(index)
     done = len(results)

@@ -51,9 +51,12 @@ class CacheSettings:
     around_points: int = 0
     around_margin: float = 0.3
 
-    def digest(self, processors: tuple[dict, dict], root: Path) -> str:
-        """Name of the cache of ``root`` built with these settings and processor configs."""
-        fields = {**self.__dict__, "processors": list(processors), "root": str(Path(root).resolve())}
+    def digest(self, processors: tuple[dict, dict], root: Path, dataset: str = "") -> str:
+        """Name of the cache of ``root`` (whose index files hash to ``dataset``) built with these
+        settings and processor configs: another dataset, or the same folder made again, gets
+        another cache."""
+        fields = {**self.__dict__, "processors": list(processors), "root": str(Path(root).resolve()),
+                  "dataset": dataset}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -78,6 +81,15 @@ class TrainingCache:
 
     def scene_instances(self, scene: int) -> range:
         return range(int(self.scene_offsets[scene]), int(self.scene_offsets[scene + 1]))
+
+
+def dataset_fingerprint(root: Path) -> str:
+    """A hash of the dataset's index files (rooms, their objects in instance order, settings)."""
+    digest = hashlib.sha256()
+    for name in (ROOM_IDS, FURNITURE_IDS, "synth_config.json"):
+        path = Path(root) / name
+        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
+    return digest.hexdigest()[:16]
 
 
 def processor_configs(pipe) -> tuple[dict, dict]:
@@ -165,7 +177,7 @@ def build_cache(root: str | Path, cache_dir: str | Path, settings: CacheSettings
     from safetensors.torch import load_file
 
     root, cache_dir = Path(root), Path(cache_dir)
-    path = cache_dir / f"cache-{settings.digest(processors, root)}.safetensors"
+    path = cache_dir / f"cache-{settings.digest(processors, root, dataset_fingerprint(root))}.safetensors"
     index_path = path.with_suffix(".json")
     if path.is_file() and index_path.is_file():
         tensors = load_file(path)
