@@ -7,6 +7,8 @@ settings the user gave and the pipeline folder's defaults for the rest.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,11 +16,12 @@ from pathlib import Path
 
 from ..data.datasets import DATASETS, ObjectFilter
 from ..io.errors import InputError
-from ..io.files import remove_stale_temporaries
+from ..io.files import remove_stale_temporaries, write_atomic
 from .runner import EvalOptions, Predictor, ResultLog, export_ground_truth, load_prediction, run, summarise
 from .runner import write_summary
 
 OFFICIAL_MAX_OBJECTS = 7  # the released 3D-Front protocol
+RUN_FILE = "eval_run.json"  # what produced the results in a folder
 
 
 @dataclass
@@ -53,6 +56,70 @@ def open_benchmark(spec: BenchmarkSpec):
         raise InputError(str(err)) from None
     keys = data.keys()[: spec.limit] if spec.limit else data.keys()
     return data, keys
+
+
+def dataset_identity(spec: BenchmarkSpec) -> dict:
+    """What decides which scenes and ground truth a run scores."""
+    from ..training.cache import dataset_fingerprint
+
+    return {"dataset": spec.dataset, "root": str(Path(spec.root).resolve()), "index": dataset_fingerprint(spec.root),
+            "views": list(spec.views), "test_size": spec.test_size, "max_objects": spec.max_objects,
+            "min_area": spec.min_area, "points": spec.points}
+
+
+def model_identity(model: Path | None) -> dict:
+    """A pipeline folder (or the embedded model) as path + content hash of its index and weight files."""
+    import hashlib
+
+    from .. import __version__
+    from ..embedded import embedded_model_folder
+
+    folder = Path(model) if model is not None else embedded_model_folder()
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix in (".json", ".safetensors", ".bin", ".ckpt"):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return {"model": "embedded" if model is None else str(folder.resolve()), "model_files": digest.hexdigest()[:16],
+            "midi3d": __version__}
+
+
+def predictions_identity(pred_dir: Path) -> dict:
+    """Another method's GLB folder as path + a hash of its files' names, sizes and times."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(pred_dir).glob("*.glb")):
+        stat = path.stat()
+        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return {"pred_dir": str(Path(pred_dir).resolve()), "pred_files": digest.hexdigest()[:16]}
+
+
+def claim_results_folder(out: Path, identity: dict, overwrite: bool = False) -> None:
+    """Make ``out`` hold results of ``identity`` only: a new folder records it; a folder of the
+    same run is continued; results of another run (other options, data, model or predictions)
+    are refused with the differing keys named, or removed first with ``overwrite``."""
+    path = out / RUN_FILE
+    logs = sorted(out.glob("results-*.jsonl"))
+    if overwrite:
+        for stale in [*logs, *(out / name for name in ("summary.md", "summary.csv", "summary.json"))]:
+            stale.unlink(missing_ok=True)
+    elif path.is_file():
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(f"{path}: unreadable ({err}); pass --overwrite to score again") from None
+        changed = sorted(k for k in set(recorded) | set(identity) if recorded.get(k) != identity.get(k))
+        if changed:
+            detail = ", ".join(f"{k} {recorded.get(k)!r} → {identity.get(k)!r}" for k in changed)
+            raise InputError(f"{out}: holds results of another run ({detail}); use another --out, or --overwrite "
+                             "to score again")
+        return
+    elif logs:
+        raise InputError(f"{out}: holds results without a record of what produced them; use another --out, or "
+                         "--overwrite to score again")
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, (json.dumps(identity, indent=1, sort_keys=True) + "\n").encode())
 
 
 def clean_outputs(*folders: Path | None) -> None:
@@ -110,14 +177,26 @@ def process_group() -> tuple[int, int, object | None]:
 
 def score_benchmark(data, keys: list[str], predictor: Predictor, out: Path, options: EvalOptions,
                     retry_failed: bool = False, save_visuals: bool = False,
-                    on_scene: Callable[[str, dict], None] | None = None) -> dict | None:
+                    on_scene: Callable[[str, dict], None] | None = None, identity: dict | None = None,
+                    overwrite: bool = False) -> dict | None:
     """Score this process's share; on rank 0, wait for the others and return the summary
-    (written as ``summary.{md,csv,json}``); ``None`` on other ranks."""
+    (written as ``summary.{md,csv,json}``); ``None`` on other ranks.
+
+    ``identity`` (see :func:`claim_results_folder`) guards ``out`` against mixing runs; rank 0
+    holds the folder's lock, so a second ``eval`` on the same folder is refused.
+    """
+    from ..io.locks import folder_lock
+
     rank, world, state = process_group()
-    run(data, predictor, out, options, keys=keys, rank=rank, world=world, retry_failed=retry_failed,
-        progress=on_scene, visuals_dir=out / "visuals" if save_visuals else None)
-    if state is not None:
-        state.wait_for_everyone()
+    with folder_lock(out, "midi3d eval") if rank == 0 else contextlib.nullcontext():
+        if rank == 0 and identity is not None:
+            claim_results_folder(out, {**identity, "icp": options.icp, "seed": options.seed}, overwrite)
+        if state is not None:
+            state.wait_for_everyone()
+        run(data, predictor, out, options, keys=keys, rank=rank, world=world, retry_failed=retry_failed,
+            progress=on_scene, visuals_dir=out / "visuals" if save_visuals else None)
+        if state is not None:
+            state.wait_for_everyone()
     if rank != 0:
         return None
     summary = summarise(ResultLog(out).records(), keys, options.icp)

@@ -67,14 +67,14 @@ def _fail(message: str) -> None:
 
 
 @contextlib.contextmanager
-def _one_line_errors(suffix: str = ""):
+def _one_line_errors():
     """Bad input, unusable model files and unwritable outputs → one line, exit 2."""
     from .models.checkpoint import CheckpointError
 
     try:
         yield
     except (ValueError, CheckpointError, FileNotFoundError) as err:  # InputError, OutputError included
-        _fail(f"{err}{suffix}")
+        _fail(str(err))
 
 
 def _require_writable(folder: Path) -> None:
@@ -441,6 +441,8 @@ def evaluate(
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = DType.float32,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run scenes that failed before."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Remove the results already in OUT and score again "
+                                   "(a rerun of the same run continues; another run is refused)."),
     save_visuals: bool = typer.Option(False, "--save-visuals",
                                       help="Write OUT/visuals/<key>.png: input, masks, prediction, ground truth."),
     quiet: QuietOpt = False,
@@ -459,7 +461,18 @@ def evaluate(
         _export_ground_truth(data, keys, export_gt, quiet)
     with _one_line_errors():
         predictor = _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, resolution)
-    _score(data, keys, predictor, out, icp.value, points, seed, retry_failed, save_visuals, quiet)
+    identity = _run_identity(spec, pred_dir, model, dict(steps=steps, guidance=guidance, seed=seed,
+                                                          extract=extract.value, resolution=resolution,
+                                                          device=device, dtype=dtype.value))
+    _score(data, keys, predictor, out, icp.value, points, seed, retry_failed, save_visuals, quiet, identity, overwrite)
+
+
+def _run_identity(spec, pred_dir: Path | None, model: Path | None, sampling: dict) -> dict:
+    """What produced the scores: the data, and the prediction files or the model and its settings."""
+    from .eval.benchmark import dataset_identity, model_identity, predictions_identity
+
+    predictor = predictions_identity(pred_dir) if pred_dir is not None else {**model_identity(model), **sampling}
+    return {**dataset_identity(spec), **predictor}
 
 
 def _export_ground_truth(data, keys, export_gt: Path, quiet: bool) -> None:
@@ -489,8 +502,18 @@ def _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, r
     return model_predictor(pipe, options)
 
 
+def _scored_or_kept(score, *args, **kwargs):
+    """``score(...)``; an unwritable output says that the scenes scored so far are kept."""
+    from .io.errors import OutputError
+
+    try:
+        return score(*args, **kwargs)
+    except OutputError as err:
+        raise OutputError(f"{err}; scored scenes so far are kept (rerun to continue)") from None
+
+
 def _score(data, keys, predictor, out: Path, icp: str, points: int, seed: int, retry_failed: bool,
-           save_visuals: bool, quiet: bool) -> None:
+           save_visuals: bool, quiet: bool, identity: dict, overwrite: bool) -> None:
     from .eval.benchmark import process_group, score_benchmark
     from .eval.runner import EvalOptions, summary_rows
     from .progress import progress_bar, say
@@ -502,9 +525,10 @@ def _score(data, keys, predictor, out: Path, icp: str, points: int, seed: int, r
             if record["status"] != "ok" and not quiet:
                 say(f"failed {key}: {record['error']}")
 
-        with _one_line_errors("; scored scenes so far are kept (rerun to continue)"):
-            summary = score_benchmark(data, keys, predictor, out, EvalOptions(icp=icp, points=points, seed=seed),
-                                      retry_failed=retry_failed, save_visuals=save_visuals, on_scene=report)
+        with _one_line_errors():
+            summary = _scored_or_kept(score_benchmark, data, keys, predictor, out, EvalOptions(icp=icp, points=points, seed=seed),
+                                      retry_failed=retry_failed, save_visuals=save_visuals, on_scene=report,
+                                      identity=identity, overwrite=overwrite)
     if summary is None:  # not rank 0
         return
     if not quiet:

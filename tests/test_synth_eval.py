@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import os
 import pickle
 import subprocess
@@ -319,3 +320,44 @@ def test_blendswap_layout(dataset_root, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["scored"] == 2 and summary["scene_fscore"] > 0.999
+
+
+def test_eval_results_are_never_relabelled(dataset_root, tmp_path):
+    """A rerun into the same --out with other options, predictions or data is refused (naming
+    what differs) instead of reporting the old numbers under the new label; --overwrite scores again."""
+    runner = CliRunner()
+    gt = tmp_path / "gt"
+    assert runner.invoke(app, ["eval", "--root", str(dataset_root), "--export-gt", str(gt), "-q"]).exit_code == 0
+    out = tmp_path / "out"
+    common = ["eval", "--root", str(dataset_root), "--pred-dir", str(gt), "--points", "1024", "--out", str(out), "-q"]
+    assert runner.invoke(app, [*common, "--icp", "none"]).exit_code == 0
+    first = json.loads((out / "summary.json").read_text())
+    assert runner.invoke(app, [*common, "--icp", "none"]).exit_code == 0  # the same run: continued
+    refused = runner.invoke(app, [*common, "--icp", "kabsch"])
+    assert refused.exit_code == 2 and "icp 'none' → 'kabsch'" in refused.output and "--overwrite" in refused.output
+    assert json.loads((out / "summary.json").read_text()) == first  # nothing was touched
+    other = tmp_path / "other-predictions"
+    shutil.copytree(gt, other)
+    moved = runner.invoke(app, [*common[:3], "--pred-dir", str(other), *common[5:], "--icp", "none"])
+    assert moved.exit_code == 2 and "pred_dir" in moved.output
+    points = runner.invoke(app, [*common[:5], "--points", "512", *common[7:], "--icp", "none"])
+    assert points.exit_code == 2 and "points 1024 → 512" in points.output
+    again = runner.invoke(app, [*common, "--icp", "kabsch", "--overwrite"])
+    assert again.exit_code == 0, again.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["icp"] == "kabsch" and summary["scored"] == first["scored"]
+    records = [json.loads(line) for line in (out / "results-0.jsonl").read_text().splitlines()]
+    assert {r["icp"] for r in records} == {"kabsch"}  # no record of the earlier run is left
+    (out / "eval_run.json").unlink()  # results whose origin is unknown are refused too
+    unknown = runner.invoke(app, [*common, "--icp", "kabsch"])
+    assert unknown.exit_code == 2 and "without a record" in unknown.output
+
+
+def test_two_evals_on_one_folder_are_refused(dataset_root, tmp_path):
+    from midi3d.io.locks import folder_lock
+
+    out = tmp_path / "out"
+    with folder_lock(out, "midi3d eval"):
+        result = CliRunner().invoke(app, ["eval", "--root", str(dataset_root), "--pred-dir", str(tmp_path),
+                                          "--out", str(out), "-q"])
+    assert result.exit_code == 2 and "another midi3d eval is writing here" in result.output
