@@ -9,6 +9,7 @@ scene GLB, objects zip, summary).
 
 import functools
 import logging
+import re
 from types import SimpleNamespace
 
 from ..io.errors import InputError
@@ -22,6 +23,12 @@ logger = logging.getLogger(__name__)
 MODES = ("automatic", "label map", "points and boxes (SAM)")
 
 
+def public_message(message: str) -> str:
+    """``message`` with server paths cut to their file names (the page never shows the server's
+    folders)."""
+    return re.sub(r"(?:[A-Za-z]:)?(?:[/\\][^\s/\\:,;'\"()]+)+[/\\]([^\s/\\:,;'\"()]+)", r"\1", message)
+
+
 def _guarded(fn):
     """Expected errors → their one line in the page; anything else → logged, never a stack trace."""
     import gradio as gr
@@ -31,10 +38,11 @@ def _guarded(fn):
         try:
             return fn(*args, **kwargs)
         except (InputError, CheckpointError) as err:  # bad input, or a missing/corrupt SAM or model file
-            raise gr.Error(str(err), print_exception=False) from None
+            raise gr.Error(public_message(str(err)), print_exception=False) from None
         except Exception as err:
             logger.exception("demo action failed")
-            raise gr.Error(f"internal error ({type(err).__name__}): {err}", print_exception=False) from None
+            raise gr.Error(public_message(f"internal error ({type(err).__name__}): {err}"),
+                           print_exception=False) from None
 
     return wrapper
 

@@ -137,6 +137,8 @@ class DemoBackend:
     def segment_page(self, session: str, image_path, mode: str, label_path, points: str, boxes: str) -> dict:
         """Segment and write ``labels.png`` for ``session``: ``{"label_file", "overlay", "labels", "ids"}``."""
         rgb, labels = self.segment(image_path, mode, label_path, points, boxes)
+        if not instance_ids(labels):
+            raise InputError(f"the {mode} segmentation found no object; try another mode or upload a label map")
         return self._labels_result(session, rgb, labels)
 
     def edit(self, session: str, action: str, image_path, labels: np.ndarray | None, selected: list[str]) -> dict:

@@ -113,10 +113,13 @@ def per_object_zip(result) -> bytes:
 
 @dataclass
 class SessionFolders:
-    """Per-session output folders under one root; a session keeps only its latest result."""
+    """Per-session output folders under one root; a session keeps its ``keep`` latest results
+    (a result reported to the client stays downloadable while the session's next one runs)."""
 
     root: Path
+    keep: int = 3
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _counter: int = 0
 
     @classmethod
     def create(cls, root: str | Path | None = None) -> SessionFolders:
@@ -125,12 +128,16 @@ class SessionFolders:
         return cls(Path(tempfile.mkdtemp(prefix="midi3d-demo-", dir=base)))
 
     def fresh(self, session: str) -> Path:
-        """An empty folder for ``session``'s next result (its previous result is removed)."""
+        """An empty folder for ``session``'s next result; results older than its ``keep`` latest
+        are removed."""
         safe = "".join(c for c in session if c.isalnum() or c in "-_")[:64] or "anonymous"
         with self._lock:
-            folder = self.root / safe
-            shutil.rmtree(folder, ignore_errors=True)
+            self._counter += 1
+            base = self.root / safe
+            folder = base / f"{self._counter:08d}"
             folder.mkdir(parents=True)
+            for old in sorted(base.iterdir())[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
             return folder
 
     def release(self, session: str) -> None:

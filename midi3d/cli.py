@@ -177,12 +177,14 @@ def _plan_outputs(input: Path, seg: Path | None, output: Path | None, fmt: str, 
     has nothing left to do. The output location is checked for writing before any model loads."""
     from .io.errors import InputError
     from .io.files import remove_stale_temporaries
+    from .io.paths import refuse_overwriting_inputs
     from .pipelines.batch import check_output_format, plan_folder, read_single_scene
 
     if not input.exists():
         raise InputError(f"{input}: file not found")
     if not input.is_dir():
         out = check_output_format(output or Path(f"{input.stem}.glb"))
+        refuse_overwriting_inputs(out, input, seg)
         scene = read_single_scene(input, seg, limits, allow_pickle=trust_pickle)
         _require_writable(out.parent)
         return out, scene
@@ -272,9 +274,14 @@ def segment(
     from .models.checkpoint import CheckpointError
     from .segmentation import BACKENDS, save_label_map, save_overlay
 
+    from .io.paths import refuse_overwriting_inputs
+
     _setup_logging(quiet)
     if output.suffix.lower() != ".png":
         _fail(f"{output}: the label map is written as PNG; use a .png name")
+    with _one_line_errors():
+        for written in (output, output.with_name(f"{output.stem}_overlay.png")):
+            refuse_overwriting_inputs(written, image, labels)
     try:
         rgb = load_rgb(image, max_pixels=max_pixels)
         if (points or boxes) and backend is not Backend.sam:

@@ -17,7 +17,7 @@ from ..colours import instance_colour
 from ..geometry.postprocess import PostprocessConfig
 from ..io.errors import InputError
 from ..io.files import write_atomic
-from ..io.images import DEFAULT_MAX_PIXELS, load_rgb
+from ..io.images import DEFAULT_MAX_PIXELS, exif_orientation, load_rgb
 from ..io.labelmap import DEFAULT_MAX_INSTANCES, instance_ids, read_label_map
 from .pipeline_midi import ExtractionOptions, MIDIPipeline, MIDIPipelineOutput
 from ..models.layer_spec import LayerSpec
@@ -61,6 +61,11 @@ def load_scene(image_path: str | Path, seg_path: str | Path, max_instances: int 
     """Read an image and its label map; errors name the file and the problem."""
     rgb = load_rgb(image_path, max_pixels=max_pixels)
     labels = read_label_map(seg_path, max_instances=max_instances, max_pixels=max_pixels)
+    turned = exif_orientation(image_path), exif_orientation(seg_path)
+    if turned[0] != turned[1]:
+        raise InputError(f"{seg_path}: EXIF orientation {turned[1]} but image {image_path} has {turned[0]} "
+                         "(each is turned upright on read, so their pixels would not line up); save both "
+                         "upright or with the same orientation")
     if labels.shape != rgb.shape[:2]:
         raise InputError(f"{seg_path}: label map is {labels.shape[1]}x{labels.shape[0]} but image "
                          f"{image_path} is {rgb.shape[1]}x{rgb.shape[0]}")

@@ -204,7 +204,80 @@ def test_exif_rotated_image_with_an_unrotated_label_map_is_named(tmp_path, model
     Image.fromarray(LABELS).save(tmp_path / "seg.png")
     code, output = generate(tmp_path / "rotated.png", "--seg", tmp_path / "seg.png", "-o", tmp_path / "o.glb",
                             "--model", model_dir, *FAST)
-    assert code == 2 and "seg.png: label map is 64x48 but image" in " ".join(output.split()), output
+    assert code == 2 and "seg.png: EXIF orientation 1 but image" in " ".join(output.split()), output
+
+
+def test_square_exif_rotated_image_is_not_silently_misaligned(tmp_path, model_dir):
+    """A square pair passes any size check; the orientations are compared instead."""
+    square = np.zeros((48, 48, 3), np.uint8)
+    square[:10, :30] = 200
+    image = Image.fromarray(square)
+    exif = image.getexif()
+    exif[0x0112] = 8
+    image.save(tmp_path / "rotated.png", exif=exif)
+    labels = np.zeros((48, 48), np.uint8)
+    labels[:10, :30] = 1
+    Image.fromarray(labels).save(tmp_path / "seg.png")
+    code, output = generate(tmp_path / "rotated.png", "--seg", tmp_path / "seg.png", "-o", tmp_path / "o.glb",
+                            "--model", model_dir, *FAST)
+    assert code == 2 and "EXIF orientation 1 but image" in " ".join(output.split()), output
+    assert not (tmp_path / "o.glb").exists()
+    label_image = Image.fromarray(labels)  # both turned the same way: read, and they line up
+    label_image.save(tmp_path / "seg-turned.png", exif=exif)
+    from midi3d.pipelines.scene import load_scene
+
+    scene = load_scene(tmp_path / "rotated.png", tmp_path / "seg-turned.png")
+    assert ((scene.labels == 1) == (scene.rgb[..., 0] == 200)).all()
+
+
+def _png_16bit_rgb(path: Path, rgb16: np.ndarray) -> Path:
+    """A 16-bit RGB PNG written by hand (Pillow cannot write one)."""
+    height, width, _ = rgb16.shape
+    rows = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_label_maps_that_cannot_hold_exact_ids_are_refused_with_the_reason(tmp_path):
+    rgb16 = np.zeros((8, 12, 3), np.uint16)
+    rgb16[:, :4] = (0x1201, 0x3400, 0x5600)  # three colours that share their high bytes
+    rgb16[:, 4:8] = (0x1202, 0x3400, 0x5600)
+    rgb16[:, 8:] = (0x1203, 0x3400, 0x5600)
+    with pytest.raises(InputError, match="16-bit colour PNG: Pillow keeps only the high byte"):
+        read_label_map(_png_16bit_rgb(tmp_path / "deep.png", rgb16))
+    labels = np.zeros((32, 32, 3), np.uint8)
+    labels[4:20, 4:20] = (255, 0, 0)
+    Image.fromarray(labels).save(tmp_path / "lossy.jpg", quality=80)
+    with pytest.raises(InputError, match="lossy.jpg: unusable label map \\(JPEG is lossy"):
+        read_label_map(tmp_path / "lossy.jpg")
+    Image.fromarray(labels).save(tmp_path / "lossy.webp", lossless=False)
+    with pytest.raises(InputError, match="lossy WebP"):
+        read_label_map(tmp_path / "lossy.webp")
+    Image.fromarray(labels).save(tmp_path / "exact.webp", lossless=True)
+    assert read_label_map(tmp_path / "exact.webp").max() == 1  # lossless WebP is exact
+    negative = np.zeros((8, 8), np.int32)
+    negative[2:5, 2:5], negative[5:, 5:] = 3, -2
+    Image.fromarray(negative, mode="I").save(tmp_path / "negative.tif")  # TIFF keeps signed 32-bit ids
+    with pytest.raises(InputError, match="negative id -2"):
+        read_label_map(tmp_path / "negative.tif")
+
+
+def test_segment_renumbers_ids_above_255_for_its_palette_png(tmp_path):
+    labels = np.zeros((32, 32), np.int32)
+    labels[2:10, 2:10], labels[12:20, 12:20] = 300, 1000
+    Image.fromarray(labels, mode="I").save(tmp_path / "big-ids.tif")
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(tmp_path / "img.png")
+    result = CliRunner().invoke(app, ["segment", str(tmp_path / "img.png"), "-o", str(tmp_path / "out.png"),
+                                      "--backend", "labelmap", "--labels", str(tmp_path / "big-ids.tif"), "-q"])
+    assert result.exit_code == 0, result.output
+    written = read_label_map(tmp_path / "out.png")
+    np.testing.assert_array_equal(written, np.where(labels == 300, 1, np.where(labels == 1000, 2, 0)))
 
 
 # ---------------------------------------------------------------- label maps
@@ -508,3 +581,49 @@ def test_full_disk_tmpfs(tmp_path, model_dir, mounts):
     assert code == 2 and f"{previous}: cannot write (No space left on device)" in " ".join(output.split()), output
     assert previous.read_bytes() == b"an earlier result"  # the old file is intact
     assert sorted(p.name for p in folder.iterdir()) == ["filler", "scene.glb"]  # no temporary left
+
+
+# ---------------------------------------------------------------- wrong or destructive, never silent
+
+SILENT_BEFORE = [  # (extra generate options, what the one line must say)
+    (["--guidance", "nan"], "--guidance nan: must be a finite number"),
+    (["--guidance", "-1"], "--guidance -1.0: must be a finite number >= 0"),
+    (["--mi-layers", "4-1"], "layers '4-1'"),
+    (["--mi-layers", ","], "layers ',': empty item"),
+    (["--mi-layers", "99"], "this transformer has blocks 0-4"),
+    (["--resolution", "0"], "--resolution 0: must be a power of two"),
+    (["--resolution", "48"], "--resolution 48: must be a power of two"),
+    (["--steps", "0"], "--steps 0: must be an integer >= 1"),
+    (["--device", "toaster"], "--device toaster: not a torch device"),
+]
+
+
+@pytest.mark.parametrize("extra, message", SILENT_BEFORE, ids=[" ".join(e) for e, _ in SILENT_BEFORE])
+def test_values_that_used_to_be_accepted_silently(tmp_path, model_dir, extra, message):
+    Image.fromarray(SCENE).save(tmp_path / "rgb.png")
+    Image.fromarray(LABELS).save(tmp_path / "seg.png")
+    code, output = generate(tmp_path / "rgb.png", "--seg", tmp_path / "seg.png", "-o", tmp_path / "out" / "o.glb",
+                            "--model", model_dir, *FAST, *extra)
+    flat = " ".join(output.split())
+    assert code == 2 and message in flat, output
+    assert not files_under(tmp_path / "out")
+
+
+def test_outputs_never_replace_their_inputs(tmp_path, model_dir):
+    Image.fromarray(SCENE).save(tmp_path / "photo.png")
+    Image.fromarray(LABELS).save(tmp_path / "seg.png")
+    photo = (tmp_path / "photo.png").read_bytes()
+    segment = CliRunner().invoke(app, ["segment", str(tmp_path / "photo.png"), "-o", str(tmp_path / "photo.png")])
+    assert segment.exit_code == 2 and "is also an input" in segment.output
+    relabel = CliRunner().invoke(app, ["segment", str(tmp_path / "photo.png"), "-o", str(tmp_path / "seg.png"),
+                                       "--backend", "labelmap", "--labels", str(tmp_path / "seg.png")])
+    assert relabel.exit_code == 2 and "is also an input" in relabel.output
+    (tmp_path / "photo_overlay.png").write_bytes(photo)  # the preview's name is checked too
+    overlay = CliRunner().invoke(app, ["segment", str(tmp_path / "photo_overlay.png"), "-o",
+                                       str(tmp_path / "photo.png")])
+    assert overlay.exit_code == 2 and "is also an input" in overlay.output
+    (tmp_path / "scene.ply").write_bytes((tmp_path / "photo.png").read_bytes())  # an image with a mesh suffix
+    code, output = generate(tmp_path / "scene.ply", "--seg", tmp_path / "seg.png", "-o", tmp_path / "scene.ply",
+                            "--model", model_dir, *FAST)
+    assert code == 2 and "is also an input" in output
+    assert (tmp_path / "photo.png").read_bytes() == photo and (tmp_path / "scene.ply").read_bytes() == photo

@@ -54,6 +54,35 @@ def open_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise InputError(f"{path}: unreadable image ({err})") from None
 
 
+EXIF_ORIENTATION = 0x0112
+
+
+def exif_orientation(path: str | Path) -> int:
+    """The file's EXIF orientation tag (1 = upright, also when absent or unreadable)."""
+    try:
+        with Image.open(path) as handle:
+            return int(handle.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError):
+        return 1
+
+
+def lossy_or_truncated(path: str | Path) -> str | None:
+    """Why the file cannot hold exact integer labels, or ``None``: lossy formats (JPEG, lossy
+    WebP) change values near edges; Pillow decodes 16-bit colour PNGs to their high bytes only."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        head = handle.read(32)
+    if head[:3] == b"\xff\xd8\xff":
+        return "JPEG is lossy (it invents colours at instance edges)"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP" and head[12:16] == b"VP8 ":
+        return "lossy WebP changes colours at instance edges"
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        bit_depth, colour_type = head[24], head[25]
+        if bit_depth == 16 and colour_type in (2, 6):  # 16-bit RGB / RGBA
+            return "16-bit colour PNG: Pillow keeps only the high byte of each channel (instances can merge)"
+    return None
+
+
 def _grey_to_uint8(image: Image.Image, path: Path) -> np.ndarray:
     """16-bit, 32-bit integer and float single-channel images as 8-bit grey levels."""
     array = np.asarray(image, dtype=np.float64)

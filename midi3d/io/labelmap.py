@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .images import DEFAULT_MAX_PIXELS, open_image
+from .images import DEFAULT_MAX_PIXELS, lossy_or_truncated, open_image
 
 DEFAULT_MAX_INSTANCES = 64
 
@@ -48,12 +48,24 @@ def label_array(image) -> np.ndarray:
 
 def read_label_map(path: str | Path, max_instances: int = DEFAULT_MAX_INSTANCES,
                    max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Instance ids ``[H, W]`` int64 with 0 = background; errors name the file."""
+    """Instance ids ``[H, W]`` int64 with 0 = background; errors name the file.
+
+    Refused with the reason: encodings that cannot hold exact ids (JPEG, lossy WebP, 16-bit
+    colour PNG, which Pillow truncates) and negative ids. EXIF orientation is applied, as it is
+    to the image (:func:`midi3d.pipelines.scene.load_scene` refuses a pair whose orientations differ).
+    """
     image = open_image(path, max_pixels)
+    problem = lossy_or_truncated(path)
+    if problem is not None:
+        raise InputError(f"{path}: unusable label map ({problem}); save it as a palette, grayscale or 8-bit "
+                         "colour PNG")
     try:
         labels = label_array(image)
     except ValueError as err:
         raise InputError(f"{path}: unusable label map ({err})") from None
+    if labels.size and labels.min() < 0:
+        raise InputError(f"{path}: unusable label map (negative id {int(labels.min())}; ids are 0 = background "
+                         "and positive integers)")
     count = len(instance_ids(labels))
     if count == 0:
         raise InputError(f"{path}: label map has no instance (every pixel is background 0)")

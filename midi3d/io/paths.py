@@ -41,3 +41,11 @@ def relative_inside(root: str | Path, relative: str, source: str | Path) -> Path
             ord(c) < 32 for c in relative):
         raise InputError(f"{source}: entry {relative!r} is not a relative path inside {root}")
     return Path(root).joinpath(*parts)
+
+
+def refuse_overwriting_inputs(output: str | Path, *inputs: str | Path | None) -> None:
+    """:class:`InputError` when ``output`` is one of ``inputs`` (the same file, through any path)."""
+    target = Path(output).resolve()
+    for source in inputs:
+        if source is not None and Path(source).resolve() == target:
+            raise InputError(f"{output}: is also an input ({source}); choose another output name")

@@ -9,6 +9,7 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from ..io.errors import InputError
 from ..io.files import write_atomic
 from ..colours import instance_colour
 
@@ -37,9 +38,13 @@ def _png(image: Image.Image) -> bytes:
 
 
 def save_label_map(labels: np.ndarray, path: str | Path) -> Path:
-    """A palette PNG whose indices are the ids (the encoding midi3d reads back exactly)."""
+    """A palette PNG whose indices are the ids (the encoding midi3d reads back exactly). Ids
+    above 255 are renumbered 1..K in their order first (a palette holds 255 instances)."""
     if labels.max() > 255:
-        raise ValueError(f"{path}: {int(labels.max())} instances do not fit a palette PNG (max 255)")
+        if len(np.unique(labels[labels > 0])) > 255:
+            raise InputError(f"{path}: {len(np.unique(labels[labels > 0]))} instances do not fit a palette PNG "
+                             "(at most 255)")
+        labels = relabel(labels)
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     palette = [0, 0, 0] + [c for k in range(255) for c in instance_colour(k)[:3]]
     image.putpalette(palette)
