@@ -554,12 +554,30 @@ def version() -> None:
     console.print(__version__)
 
 
-def main() -> None:
-    """Console-script entry point."""
+EXIT_INTERNAL = 3
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point. ``--debug`` (anywhere) shows the traceback of an unexpected
+    error; without it the error is one line and exit code 3 (expected errors: one line, exit 2)."""
     import gc
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
     try:
-        app(prog_name="midi3d")
+        app(args=args, prog_name="midi3d", standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        err_console.print("interrupted (outputs written so far are complete; rerun to continue)", highlight=False)
+        raise SystemExit(130) from None
+    except Exception as err:  # a bug, not bad input: one line unless --debug
+        if debug:
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(err).__name__}: {err} (rerun with --debug for the "
+                          "traceback)", highlight=False, soft_wrap=True)
+        raise SystemExit(EXIT_INTERNAL) from None
     finally:
         # Everything is written and flushed by now. Freezing the heap spares the interpreter's
         # final garbage collection over the ~10^6 objects torch, diffusers and transformers

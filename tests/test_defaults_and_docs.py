@@ -156,3 +156,52 @@ def test_extends_merges_and_refuses_loops(tmp_path):
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ValueError, match="loops back"):
         load_train_config(tmp_path / "a.yaml")
+
+
+def test_an_unexpected_error_is_one_line_and_its_traceback_comes_with_debug(monkeypatch, capsys):
+    """A bug (not bad input) ends in one line and exit code 3; ``--debug`` shows the traceback."""
+    import midi3d.pipelines.batch as batch
+    from midi3d.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(batch, "read_single_scene", broken)
+    args = ["generate", str(BUNDLED / "blocks-5_rgb.png"), "--seg", str(BUNDLED / "blocks-5_seg.png"),
+            "-o", "/tmp/never-written.glb"]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 3
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: a bug (rerun with --debug" in " ".join(err.split())
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["--debug", *args])
+
+
+def test_training_into_a_folder_of_another_run_or_with_a_damaged_state_is_one_line(tmp_path):
+    from midi3d.data.synth import SynthConfig, generate_dataset
+
+    generate_dataset(tmp_path / "data", 2, SynthConfig(seed=6, image_size=48, surface_points=128), jobs=1)
+    spec = {**TEST_SPEC, "standin_occupancy": None}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    wider = {**spec, "vae": {**spec["vae"], "width_decoder": 24}}
+    (tmp_path / "wider.yaml").write_text(yaml.safe_dump(wider))
+    base = ("kind: vae\nmax_steps: 2\nbatch_size: 2\nlatent_tokens: 8\nquery_points: 64\nsurface_points: 64\n"
+            "near_points: 64\nuniform_points: 32\ncache_jobs: 1\ncheckpoint_every: 1\n")
+    (tmp_path / "a.yaml").write_text(base + f"model: {tmp_path / 'spec.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(base + f"model: {tmp_path / 'wider.yaml'}\n")
+
+    def train(config: str):
+        result = CliRunner().invoke(app, ["train", str(tmp_path / config), "--data", str(tmp_path / "data"),
+                                          "--out", str(tmp_path / "run"), "-q"])
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        return result.exit_code, " ".join(" ".join(lines).split()), len(lines)
+
+    assert train("a.yaml")[0] == 0
+    code, message, lines = train("b.yaml")
+    assert code == 2 and lines == 1 and "a checkpoint of another model or settings" in message, message
+    state = next((tmp_path / "run" / "checkpoints").glob("*/state/state.json"))
+    for checkpoint in (tmp_path / "run" / "checkpoints").glob("*/state/state.json"):
+        checkpoint.write_text("{not json")
+    code, message, lines = train("a.yaml")
+    assert code == 2 and lines == 1 and "damaged checkpoint" in message and state.parent.name in message, message

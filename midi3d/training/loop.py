@@ -84,9 +84,11 @@ def train(task: TrainTask, config: TrainConfig, out_dir: Path, ema_decay: float 
     if checkpoint is not None:
         start, trainable, opt_tensors, opt_meta, ema_state = read_checkpoint(checkpoint)
         missing, unexpected = set(named) - set(trainable), set(trainable) - set(named)
-        if missing or unexpected:
-            raise ValueError(f"{checkpoint}: checkpoint does not match the model "
-                             f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        wrong = [n for n in set(named) & set(trainable) if named[n].shape != trainable[n].shape]
+        if missing or unexpected or wrong:
+            raise ValueError(f"{checkpoint}: a checkpoint of another model or settings (missing "
+                             f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}, other shapes "
+                             f"{sorted(wrong)[:3]}); use another --out")
         with torch.no_grad():
             for name, param in named.items():
                 param.copy_(trainable[name])

@@ -85,12 +85,23 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 def read_checkpoint(folder: Path) -> tuple[int, dict[str, torch.Tensor], dict[str, torch.Tensor], dict,
                                             dict[str, torch.Tensor] | None]:
-    """``(step, trainable, optimizer tensors, optimizer meta, ema)`` of a checkpoint folder."""
-    state = json.loads((folder / "state" / "state.json").read_text())
-    ema_path = folder / "state" / "ema.safetensors"
-    return (state["step"], load_file(str(folder / "state" / "trainable.safetensors")),
-            load_file(str(folder / "state" / "optimizer.safetensors")), state["optimizer"],
-            load_file(str(ema_path)) if ema_path.is_file() else None)
+    """``(step, trainable, optimizer tensors, optimizer meta, ema)`` of a checkpoint folder;
+    an unreadable or damaged file is a :class:`CheckpointError` naming it."""
+    from safetensors import SafetensorError
+
+    state_dir = folder / "state"
+    current = state_dir / "state.json"
+    try:
+        state = json.loads(current.read_text())
+        step, meta = int(state["step"]), state["optimizer"]
+        tensors = []
+        for name in ("trainable", "optimizer", "ema"):
+            current = state_dir / f"{name}.safetensors"
+            tensors.append(load_file(str(current)) if name != "ema" or current.is_file() else None)
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        raise CheckpointError(f"{current}: damaged checkpoint ({type(err).__name__}: {err}); remove "
+                              f"{folder} to resume from an earlier one, or use another --out") from None
+    return step, tensors[0], tensors[1], meta, tensors[2]
 
 
 class MetricsLog:
