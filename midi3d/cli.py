@@ -20,6 +20,7 @@ from rich.logging import RichHandler
 
 from .io.images import DEFAULT_MAX_PIXELS
 from .io.labelmap import DEFAULT_MAX_INSTANCES
+from .pipelines.memory import DEFAULT_BUDGET_GB
 from .pipelines.sampling import DEFAULT_SEED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -58,6 +59,9 @@ MaxInstancesOpt = Annotated[int, typer.Option("--max-instances", min=1, help="Re
                                               "(automatic segmentation keeps this many largest).")]
 MaxPixelsOpt = Annotated[int, typer.Option("--max-pixels", min=4, help="Refuse images with more pixels "
                                            "(decompression bombs).")]
+MaxMemoryOpt = Annotated[float, typer.Option("--max-memory-gb", min=0.01, help="Refuse generations whose "
+                                             "input-dependent memory (image, padding, one instance, meshing grid) "
+                                             "would exceed this, before allocating it.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries.")]
 
 
@@ -131,6 +135,7 @@ def generate(
     fmt: str = typer.Option("glb", "--format", help="Output format in folder mode: glb, obj or ply."),
     max_instances: MaxInstancesOpt = DEFAULT_MAX_INSTANCES,
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    max_memory_gb: MaxMemoryOpt = DEFAULT_BUDGET_GB,
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Folder mode: regenerate scenes whose output already exists."),
     lora: Path | None = typer.Option(None, "--lora", help="LoRA adapter folder (from midi3d train) to apply."),
@@ -159,7 +164,7 @@ def generate(
         return
     options = GenerateOptions(
         steps=steps, guidance=guidance, seed=seed, pad=pad, num_latent_tokens=latent_tokens,
-        max_instances=max_instances,
+        max_instances=max_instances, max_memory_gb=max_memory_gb,
         extraction=ExtractionOptions(method=extract.value, resolution=resolution, smooth=smooth),
         postprocess=None if no_postprocess else PostprocessConfig(target_faces=faces),
     )

@@ -39,6 +39,8 @@ from ..models.image_encoders import build_image_processor, clip_pixels, dino_pix
 from ..models.layer_spec import LayerSpec, is_default, parse_layer_list
 from ..models.transformers.midi_transformer import MIDITransformer
 from ..schedulers.rectified_flow import RectifiedFlowScheduler
+from .memory import DEFAULT_BUDGET_GB
+from .memory import estimate as estimate_memory
 from .preprocess import InstanceInputs, scene_instances
 from .sampling import MI_LAYERS_KEY, OFFICIAL_DEFAULTS, SAMPLING_KEY, SamplingDefaults
 
@@ -381,15 +383,24 @@ class MIDIPipeline(DiffusionPipeline):
             meshes = [postprocess_mesh(m, postprocess) if m is not None else None for m in meshes]
         return meshes, stats.num_queries
 
-    def _instance_inputs(self, image, mask, image_scene, pad: bool, max_instances: int) -> InstanceInputs:
-        """User-level inputs → per-instance lists: a scene image with its label map, or the lists."""
+    def _instance_inputs(self, image, mask, image_scene, pad: bool, max_instances: int, settings: SamplingDefaults,
+                         extraction: ExtractionOptions, tokens: int | None, max_memory_gb: float) -> InstanceInputs:
+        """User-level inputs → per-instance inputs (a scene image with its label map, or the lists),
+        after checking what the generation will cost against ``max_memory_gb``."""
+        def check(height: int, width: int, instances: int, padded_side: int | None) -> None:
+            estimate_memory(height, width, instances, settings.resolution, extraction.method, padded_side,
+                            tokens or self.transformer.config.width, self.transformer.config.in_channels
+                            ).check(max_memory_gb)
+
         if isinstance(image, (list, tuple)):
             if image_scene is None or mask is None:
                 raise ValueError("instance lists need mask= and image_scene= lists of the same length")
+            if image:
+                check(*np.asarray(image[0]).shape[:2], len(image), None)
             return InstanceInputs(list(range(len(image))), list(image), list(mask), list(image_scene))
         if mask is None:
             raise ValueError("a scene image needs its label map: pipe(image, label_map)")
-        return scene_instances(image, mask, pad=pad, max_instances=max_instances)
+        return scene_instances(image, mask, pad=pad, max_instances=max_instances, before_allocating=check)
 
     # -- call ----------------------------------------------------------------------------------
 
@@ -417,6 +428,7 @@ class MIDIPipeline(DiffusionPipeline):
         pad: bool = False,
         mi_layers: LayerSpec = None,
         max_instances: int = DEFAULT_MAX_INSTANCES,
+        max_memory_gb: float = DEFAULT_BUDGET_GB,
     ) -> MIDIPipelineOutput | tuple:
         """Generate one latent set (and mesh) per instance, all instances of a scene jointly.
 
@@ -436,6 +448,8 @@ class MIDIPipeline(DiffusionPipeline):
                 ``_callback_tensor_inputs``); a returned ``"latents"`` replaces the latents.
             pad: the official image padding (scene-image mode).
             mi_layers: multi-instance blocks for this call only (``None``: as set on the pipeline).
+            max_instances, max_memory_gb: refusal limits, checked before anything large is
+                allocated (:mod:`midi3d.pipelines.memory`).
         """
         from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
@@ -452,7 +466,8 @@ class MIDIPipeline(DiffusionPipeline):
             mask = label_map
         extraction = extraction or ExtractionOptions()
         settings = self.sampling_defaults.resolve(num_inference_steps, guidance_scale, extraction.resolution)
-        inputs = self._instance_inputs(image, mask, image_scene, pad, max_instances)
+        inputs = self._instance_inputs(image, mask, image_scene, pad, max_instances, settings, extraction,
+                                       num_latent_tokens, max_memory_gb)
         counts = self.check_inputs(inputs.images, inputs.masks, inputs.scenes,
                                    num_instances if isinstance(image, (list, tuple)) else None)
         if generator is None and seed is not None:

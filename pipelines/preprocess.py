@@ -7,6 +7,7 @@ instance, optional padding of the scene (``--do-image-padding``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,19 +19,51 @@ from ..io.labelmap import DEFAULT_MAX_INSTANCES, instance_ids, label_array
 
 @dataclass
 class InstanceInputs:
-    """What the encoders read: one entry per instance, in ``ids`` order."""
+    """What the encoders read: one entry per instance, in ``ids`` order (any sequences: the
+    scene-image path makes each instance image and mask on demand, so only one full-resolution
+    copy exists at a time)."""
 
     ids: list[int]
-    images: list[np.ndarray]   # [H, W, 3] uint8, white outside the instance
-    masks: list[np.ndarray]    # [H, W] uint8, 0/255
-    scenes: list[np.ndarray]   # [H, W, 3] uint8, the (padded) scene image
+    images: Sequence[np.ndarray]   # [H, W, 3] uint8, white outside the instance
+    masks: Sequence[np.ndarray]    # [H, W] uint8, 0/255
+    scenes: Sequence[np.ndarray]   # [H, W, 3] uint8, the (padded) scene image
+
+
+class _PerInstance(Sequence):
+    """``images[k]`` / ``masks[k]`` of instance ``ids[k]``, computed when read."""
+
+    def __init__(self, rgb: np.ndarray, labels: np.ndarray, ids: list[int], kind: str):
+        self.rgb, self.labels, self.ids, self.kind = rgb, labels, ids, kind
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return [self[i] for i in range(*k.indices(len(self)))]
+        inside = self.labels == self.ids[k]
+        if self.kind == "mask":
+            return np.where(inside, 255, 0).astype(np.uint8)
+        return np.where(inside[..., None], self.rgb, 255).astype(np.uint8)
+
+
+def padded_size(labels: np.ndarray) -> int:
+    """The side of the square canvas :func:`pad_scene` makes (computed without allocating it)."""
+    h, w = labels.shape
+    rows, cols = np.nonzero(labels > 0)
+    r_min, r_max, c_min, c_max = rows.min(), rows.max(), cols.min(), cols.max()
+    extent = max(2 * max(abs(r_max - w // 2), abs(r_min - w // 2)), 2 * max(abs(c_max - h // 2), abs(c_min - h // 2)))
+    new_w = int(1.25 * extent) if extent > 0.8 * w else w
+    new_h = int(1.25 * extent) if extent > 0.8 * h else h
+    return max(new_h, new_w)
 
 
 def pad_scene(rgb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The official ``--do-image-padding``: enlarge the canvas around the objects, then square it.
 
     Reproduces the official comparison of rows with the width and columns with the height
-    (harmless for square inputs).
+    (harmless for square inputs; for very wide or tall images it makes a canvas far larger than
+    the image: :func:`padded_size` tells how large before anything is allocated).
     """
     h, w = labels.shape
     rows, cols = np.nonzero(labels > 0)
@@ -81,9 +114,10 @@ def as_labels(label_map) -> np.ndarray:
     return array
 
 
-def scene_instances(image, label_map, pad: bool = False,
-                    max_instances: int = DEFAULT_MAX_INSTANCES) -> InstanceInputs:
-    """The per-instance inputs of a scene image and its label map (0 = background)."""
+def scene_arrays(image, label_map, max_instances: int = DEFAULT_MAX_INSTANCES
+                 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """``(rgb, labels, ids)`` of a scene image and its label map, checked; labels are stored in
+    the smallest integer type that holds their ids (the same ids, a fraction of the memory)."""
     rgb, labels = as_rgb(image), as_labels(label_map)
     if labels.shape != rgb.shape[:2]:
         raise InputError(f"label map is {labels.shape[1]}x{labels.shape[0]} but the image is "
@@ -93,7 +127,22 @@ def scene_instances(image, label_map, pad: bool = False,
         raise InputError("label map has no instance (all background)")
     if len(ids) > max_instances:
         raise InputError(f"label map has {len(ids)} instances, more than the limit of {max_instances}")
+    top = max(ids)
+    compact = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.uint32 if top < 2**32 else np.int64
+    return rgb, labels.astype(compact, copy=False), ids
+
+
+def scene_instances(image, label_map, pad: bool = False, max_instances: int = DEFAULT_MAX_INSTANCES,
+                    before_allocating: Callable[[int, int, int, int | None], None] | None = None) -> InstanceInputs:
+    """The per-instance inputs of a scene image and its label map (0 = background), made on demand.
+
+    ``before_allocating(height, width, instances, padded_side)`` runs before the padded canvas or
+    any per-instance array exists (the memory check).
+    """
+    rgb, labels, ids = scene_arrays(image, label_map, max_instances)
+    if before_allocating is not None:
+        before_allocating(*labels.shape, len(ids), padded_size(labels) if pad else None)
     if pad:
         rgb, labels = pad_scene(rgb, labels)
-    images, masks = split_instances(rgb, labels, ids)
-    return InstanceInputs(ids, images, masks, [rgb] * len(ids))
+    return InstanceInputs(ids, _PerInstance(rgb, labels, ids, "image"), _PerInstance(rgb, labels, ids, "mask"),
+                          [rgb] * len(ids))

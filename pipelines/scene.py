@@ -21,6 +21,7 @@ from ..io.images import DEFAULT_MAX_PIXELS, exif_orientation, load_rgb
 from ..io.labelmap import DEFAULT_MAX_INSTANCES, instance_ids, read_label_map
 from .pipeline_midi import ExtractionOptions, MIDIPipeline, MIDIPipelineOutput
 from ..models.layer_spec import LayerSpec
+from .memory import DEFAULT_BUDGET_GB
 from .sampling import DEFAULT_SEED
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class GenerateOptions:
     mi_layers: LayerSpec = None  # None: as set on the pipeline (its folder's layers)
     num_latent_tokens: int | None = None
     max_instances: int = DEFAULT_MAX_INSTANCES
+    max_memory_gb: float = DEFAULT_BUDGET_GB
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
     postprocess: PostprocessConfig | None = field(default_factory=PostprocessConfig)
 
@@ -80,7 +82,7 @@ def generate_scene(pipe: MIDIPipeline, scene: SceneInputs, options: GenerateOpti
                   seed=options.seed, pad=options.pad, mi_layers=options.mi_layers,
                   num_latent_tokens=options.num_latent_tokens,
                   extraction=options.extraction, postprocess=options.postprocess,
-                  max_instances=options.max_instances)
+                  max_instances=options.max_instances, max_memory_gb=options.max_memory_gb)
     if result.empty_ids:
         logger.warning("%s: no surface (no zero crossing) for instance(s) %s; they have no mesh in the output",
                        scene.name, ", ".join(map(str, result.empty_ids)))

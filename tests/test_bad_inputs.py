@@ -627,3 +627,49 @@ def test_outputs_never_replace_their_inputs(tmp_path, model_dir):
                             "--model", model_dir, *FAST)
     assert code == 2 and "is also an input" in output
     assert (tmp_path / "photo.png").read_bytes() == photo and (tmp_path / "scene.ply").read_bytes() == photo
+
+
+# ---------------------------------------------------------------- memory: refused before allocating
+
+def test_generations_that_would_not_fit_the_memory_budget_are_refused_first(tmp_path, model_dir):
+    """The official padding of a 2x8000 image, a 16384³ grid: one line naming the part, exit 2,
+    before the canvas or grid exists (a 2x20000 canvas alone would be 50000² pixels)."""
+    wide = np.full((2, 8000, 3), 200, np.uint8)
+    labels = np.zeros((2, 8000), np.uint8)
+    labels[:, 10:50], labels[:, 7940:7980] = 1, 2
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    Image.fromarray(labels).save(tmp_path / "wide_seg.png")
+    common = [tmp_path / "wide.png", "--seg", tmp_path / "wide_seg.png", "-o", tmp_path / "out" / "o.glb",
+              "--model", model_dir, "--steps", "1", "--quiet"]
+    code, output = generate(*common, "--pad")
+    flat = " ".join(output.split())
+    assert code == 2 and "padded canvas" not in flat and "above the memory budget of 4 GiB" in flat, output
+    assert "19945x19945 pixels" in flat
+    code, output = generate(*common, "--resolution", "16384")
+    assert code == 2 and "meshing grid at 16384³" in " ".join(output.split()), output
+    code, output = generate(*common, "--max-memory-gb", "0.01")  # the budget is the user's to set
+    assert code == 2 and "budget of 0.01 GiB" in " ".join(output.split())
+    assert not files_under(tmp_path / "out")
+
+
+def test_the_memory_model_of_a_large_scene():
+    """4000x4000 pixels with 32 instances: instances are made one at a time, so the input-dependent
+    memory stays far below the 12 GB that 32 full-resolution copies and float masks took."""
+    from midi3d.pipelines.memory import GIB, estimate
+
+    big = estimate(4000, 4000, 32, 128, latent_tokens=64, channels=8)
+    assert big.total < 0.5 * GIB
+    more = estimate(4000, 4000, 64, 128, latent_tokens=64, channels=8)
+    assert more.total - big.total < 0.01 * GIB  # twice the instances: nearly the same (not N·H·W)
+
+
+def test_instances_made_on_demand_equal_the_official_split():
+    from midi3d.pipelines.preprocess import scene_instances, split_instances
+
+    labels = LABELS.astype(np.int64) * 3
+    inputs = scene_instances(SCENE, labels)
+    images, masks = split_instances(SCENE, labels, inputs.ids)
+    assert len(inputs.images) == len(images) == 2
+    for k in range(2):
+        np.testing.assert_array_equal(inputs.images[k], images[k])
+        np.testing.assert_array_equal(inputs.masks[k], masks[k])

@@ -41,9 +41,13 @@ def _as_pil(images: Sequence[ImageLike]) -> list[Image.Image]:
 
 def resized_pixels(processor, images: Sequence[ImageLike]) -> Tensor:
     """The processor's resize and centre crop, as uint8 ``[N, 3, h, w]`` (no rescale or
-    normalisation): what the training cache stores."""
-    pixels = processor(_as_pil(images), do_rescale=False, do_normalize=False, return_tensors="pt")["pixel_values"]
-    return pixels.round().clamp(0, 255).to(torch.uint8)
+    normalisation): what the training cache stores. Images are read and resized one at a time
+    (the same values as a batch: each image is processed on its own)."""
+    out = []
+    for image in images:
+        pixels = processor(_as_pil([image]), do_rescale=False, do_normalize=False, return_tensors="pt")
+        out.append(pixels["pixel_values"].round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
 
 
 def normalised_pixels(processor, pixels: Tensor) -> Tensor:
@@ -61,8 +65,11 @@ def normalised_pixels(processor, pixels: Tensor) -> Tensor:
 def mask_pixels(masks: Sequence[ImageLike], size: tuple[int, int]) -> Tensor:
     """Masks (0/255, full image size) → ``[N, 1, h, w]`` in {0, 1}: ``value / 255`` resized with
     legacy nearest straight to ``size``, without the RGB channels' centre crop (official)."""
-    mask = torch.from_numpy(np.stack([np.asarray(m, dtype=np.float32) for m in masks]))[:, None] / 255.0
-    return F.interpolate(mask, size=tuple(size), mode="nearest")
+    resized = []
+    for m in masks:  # one full-resolution float mask at a time
+        mask = torch.from_numpy(np.asarray(m, dtype=np.float32))[None, None] / 255.0
+        resized.append(F.interpolate(mask, size=tuple(size), mode="nearest"))
+    return torch.cat(resized)
 
 
 def clip_pixels(processor, images: Sequence[ImageLike]) -> Tensor:
@@ -81,8 +88,11 @@ def dino_pixels(processor, images: Sequence[ImageLike], scenes: Sequence[ImageLi
                 masks: Sequence[ImageLike]) -> Tensor:
     """Encoder-2 pixels ``[N, 7, h, w]``: instance RGB, scene RGB, mask (see :func:`mask_pixels`)."""
     instance = resized_pixels(processor, images)
-    return dino_channels(processor, instance, resized_pixels(processor, scenes),
-                         mask_pixels(masks, instance.shape[-2:]))
+    if all(scene is scenes[0] for scene in scenes):  # one scene image for all (the usual case): resize once
+        scene = resized_pixels(processor, [scenes[0]]).expand(len(scenes), -1, -1, -1)
+    else:
+        scene = resized_pixels(processor, scenes)
+    return dino_channels(processor, instance, scene, mask_pixels(masks, instance.shape[-2:]))
 
 
 def encode_clip(encoder, pixels: Tensor) -> Tensor:
