@@ -85,14 +85,16 @@ class DemoBackend:
         self._sam = None
 
     def start_sweeper(self) -> None:
-        """Every ``cache_ttl_s / 2``: remove the empty upload stubs Gradio leaves behind (a daemon
-        thread: it ends with the server process)."""
+        """Every ``cache_ttl_s / 2``: remove the empty upload stubs Gradio leaves behind and the
+        sessions' results older than ``cache_ttl_s`` but their newest (a daemon thread: it ends
+        with the server process)."""
         ttl = max(2, self.config.cache_ttl_s)
 
         def sweep() -> None:
             while True:
                 time.sleep(ttl / 2)
                 sweep_empty_uploads(self.upload_folder, ttl)
+                self.folders.expire(ttl)
 
         threading.Thread(target=sweep, name="midi3d-upload-sweeper", daemon=True).start()
 

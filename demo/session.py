@@ -140,6 +140,21 @@ class SessionFolders:
                 shutil.rmtree(old, ignore_errors=True)
             return folder
 
+    def expire(self, older_than_s: float) -> int:
+        """Remove results older than ``older_than_s``, except each session's newest (what its page
+        shows); returns how many were removed."""
+        removed, now = 0, time.time()
+        with self._lock:
+            for base in [p for p in self.root.iterdir() if p.is_dir()]:
+                for old in sorted(base.iterdir())[:-1]:
+                    try:
+                        if now - old.stat().st_mtime > older_than_s:
+                            shutil.rmtree(old, ignore_errors=True)
+                            removed += 1
+                    except OSError:
+                        continue
+        return removed
+
     def release(self, session: str) -> None:
         safe = "".join(c for c in session if c.isalnum() or c in "-_")[:64] or "anonymous"
         shutil.rmtree(self.root / safe, ignore_errors=True)

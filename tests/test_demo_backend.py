@@ -22,6 +22,12 @@ def test_a_session_keeps_its_latest_results_while_the_next_one_runs(tmp_path):
     assert [f.is_dir() for f in made] == [False, False, True, True, True]
     other = folders.fresh("session-b")
     assert other.is_dir() and made[-1].is_dir()  # sessions do not touch each other
+    import os
+
+    for folder in made[2:4]:  # results older than the cache time go, the newest of each session stays
+        os.utime(folder, (0, 0))
+    assert folders.expire(60) == 2
+    assert [f.is_dir() for f in made] == [False, False, False, False, True] and other.is_dir()
     folders.release("session-a")
     assert not any(f.exists() for f in made) and other.is_dir()
 

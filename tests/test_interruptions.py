@@ -29,6 +29,7 @@ from midi3d.data.synth import SynthConfig, generate_dataset
 from midi3d.models.factory import PipelineSpec, build_pipeline
 
 ROOMS = 8
+KILLS = 5  # kills at random points per command, then a rerun to the end
 MIDI3D = [sys.executable, "-m", "midi3d"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -87,7 +88,7 @@ def test_generate_on_a_folder(dataset, model_dir, tmp_path):
                "--steps", "2", "--resolution", "64", "--quiet"]
     outputs = lambda: sorted(out.glob("*.glb")) if out.is_dir() else []
     kept: dict[str, tuple[int, int]] = {}
-    for target in sorted(rng.sample(range(1, ROOMS), 2)):
+    for target in sorted(rng.sample(range(1, ROOMS), KILLS)):
         kill_when(command, lambda: len(outputs()), target, rng, tmp_path)
         for path in outputs():  # complete: every file under its final name loads
             assert trimesh.load(path, force="scene").geometry, path
@@ -99,6 +100,10 @@ def test_generate_on_a_folder(dataset, model_dir, tmp_path):
     assert len(final) == ROOMS
     assert all(final[k] == v for k, v in kept.items())
     assert temporaries(out) == []
+    straight = tmp_path / "straight"  # the same files as a run that was never killed
+    finish([*command[: command.index("-o") + 1], str(straight), *command[command.index("-o") + 2:]], tmp_path)
+    for path in outputs():
+        assert path.read_bytes() == (straight / path.name).read_bytes(), path.name
 
 
 def test_eval(dataset, model_dir, tmp_path):
@@ -120,7 +125,7 @@ def test_eval(dataset, model_dir, tmp_path):
         return parsed
 
     before: list[str] = []
-    for target in sorted(rng.sample(range(1, ROOMS), 2)):
+    for target in sorted(rng.sample(range(1, ROOMS), KILLS)):
         kill_when(command, lambda: len(records()), target, rng, tmp_path)
         keys = [r["key"] for r in records()]
         assert keys[: len(before)] == before  # nothing lost
@@ -132,6 +137,11 @@ def test_eval(dataset, model_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["scored"] + summary["failed"] == ROOMS
     assert temporaries(out) == []
+    straight = tmp_path / "straight"  # the same numbers as a run that was never killed
+    finish([*command[: command.index("--out") + 1], str(straight), *command[command.index("--out") + 2:]], tmp_path)
+    other = json.loads((straight / "summary.json").read_text())
+    assert {k: v for k, v in summary.items() if k != "seconds_per_scene"} == \
+        {k: v for k, v in other.items() if k != "seconds_per_scene"}
 
 
 def test_synth(tmp_path):
@@ -154,7 +164,7 @@ def test_synth(tmp_path):
             Image.open(root / "pairs" / f"synth-5__{room.name}_{suffix}.png").load()
 
     kept: dict[str, tuple[int, int]] = {}
-    for target in sorted(rng.sample(range(1, rooms), 2)):
+    for target in sorted(rng.sample(range(1, rooms), KILLS)):
         kill_when(command, lambda: len(finished()), target, rng, tmp_path)
         for room in finished():
             check_complete(room)
@@ -225,7 +235,7 @@ def test_train(dataset, tmp_path):
         except (OSError, ValueError):
             return 0
 
-    for target in sorted(rng.sample(range(2, steps - 2, 2), 2)):
+    for target in sorted(rng.sample(range(2, steps - 2, 2), KILLS)):
         kill_when(command, latest, target, rng, tmp_path)
         step = latest()
         assert step >= target
@@ -238,3 +248,10 @@ def test_train(dataset, tmp_path):
     assert latest() == steps and (out / "final" / "pipeline" / "model_index.json").is_file()
     assert temporaries(out) == []
     assert np.isfinite(float((out / "metrics.csv").read_text().splitlines()[-1].split(",")[1]))
+    straight = tmp_path / "straight"  # the same losses, bit for bit, as a run that was never killed
+    finish([*command[: command.index("--out") + 1], str(straight), *command[command.index("--out") + 2:]], tmp_path)
+
+    def losses(run: Path) -> list[str]:
+        return [",".join(line.split(",")[:2]) for line in (run / "metrics.csv").read_text().splitlines()]
+
+    assert losses(out) == losses(straight)
