@@ -23,6 +23,7 @@ import numpy as np
 import trimesh
 
 from ..data.datasets import EvalScene
+from ..io.errors import InputError
 from ..io.files import output_error, write_atomic
 from ..io.paths import child_path
 from .metrics import scene_metrics
@@ -92,6 +93,16 @@ def export_ground_truth(scene: EvalScene, out_dir: Path) -> Path:
     return target
 
 
+def _well_formed(record) -> bool:
+    """A record this runner writes: a key, a status, and the metrics when it is ``ok``."""
+    if not (isinstance(record, dict) and isinstance(record.get("key"), str) and record.get("status") in ("ok", "failed")):
+        return False
+    if record["status"] == "failed":
+        return isinstance(record.get("error"), str)
+    return all(isinstance(record.get(k), (int, float)) for k, *_ in COLUMNS) and isinstance(record.get("seconds"),
+                                                                                          (int, float))
+
+
 class ResultLog:
     """Per-rank JSONL files in ``out_dir``: append + flush + fsync per record."""
 
@@ -103,11 +114,18 @@ class ResultLog:
         """All complete records of all ranks, by key (a torn last line is ignored)."""
         found: dict[str, dict] = {}
         for path in sorted(self.out_dir.glob("results-*.jsonl")):
-            for line in path.read_text().splitlines():
+            try:
+                lines = path.read_text(errors="replace").splitlines()
+            except OSError as err:
+                raise InputError(f"{path}: unreadable results log ({err})") from None
+            for number, line in enumerate(lines, 1):
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError:
-                    continue
+                    continue  # a line torn by a kill (only ever the last one this code writes)
+                if not _well_formed(record):
+                    raise InputError(f"{path}: line {number} is not a result record of midi3d eval; use another "
+                                     "--out, or --overwrite to score again")
                 if record["status"] == "ok" or record["key"] not in found:  # a retried success wins
                     found[record["key"]] = record
         return found

@@ -48,7 +48,7 @@ ModelOpt = Annotated[Path | None, typer.Option("--model", help="Pipeline folder 
 StepsOpt = Annotated[int | None, typer.Option("--steps", help="Denoising steps; default: the model folder's (50).")]
 GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="Classifier-free guidance scale (<= 1 disables "
                                                    "it); default: the model folder's (embedded 2, official 7).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Noise seed.")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="Noise seed.")]
 ResolutionOpt = Annotated[int | None, typer.Option("--resolution", help="Meshing grid (cells per axis, a power of "
                                                    "two); default: the model folder's (embedded 128, official 256).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, …")]
@@ -439,12 +439,13 @@ def evaluate(
     views: str = typer.Option("0000", "--views", help="3D-Front views, comma separated."),
     icp: IcpMode = typer.Option(IcpMode.official, "--icp",
                                 help="official (bug-compatible, for published numbers), kabsch (correct), none."),
-    test_size: int = typer.Option(1000, "--test-size", help="3D-Front test split: the last N rooms."),
-    max_objects: int | None = typer.Option(None, "--max-objects",
+    test_size: int = typer.Option(1000, "--test-size", min=1, help="3D-Front test split: the last N rooms."),
+    max_objects: int | None = typer.Option(None, "--max-objects", min=0,
                                            help="Cap on objects per scene (0 = none). Default: 7 for 3dfront "
                                                 "(official), none for blendswap."),
-    min_area: float = typer.Option(0.001, "--min-area", help="Drop objects whose mask covers <= this fraction."),
-    points: int = typer.Option(20480, "--points", help="Surface samples per object."),
+    min_area: float = typer.Option(0.001, "--min-area", min=0.0, max=0.999,
+                                   help="Drop objects whose mask covers <= this fraction."),
+    points: int = typer.Option(20480, "--points", min=1, max=10_000_000, help="Surface samples per object."),
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
     seed: SeedOpt = DEFAULT_SEED,
@@ -465,7 +466,10 @@ def evaluate(
     _setup_logging(quiet)
     _require_writable(export_gt if export_gt is not None else out)
     clean_outputs(export_gt, out, out / "visuals")
-    spec = BenchmarkSpec(dataset=dataset, root=root, views=[v.strip() for v in views.split(",") if v.strip()],
+    chosen_views = [v.strip() for v in views.split(",") if v.strip()]
+    if not chosen_views or not all(v.isdigit() and len(v) == 4 for v in chosen_views):
+        _fail(f"--views {views!r}: expected 4-digit view numbers, comma separated (e.g. 0000,0001)")
+    spec = BenchmarkSpec(dataset=dataset, root=root, views=chosen_views,
                          test_size=test_size, max_objects=max_objects, min_area=min_area, points=points, limit=limit)
     with _one_line_errors():
         data, keys = open_benchmark(spec)

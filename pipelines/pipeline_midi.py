@@ -100,11 +100,17 @@ class MIDIPipelineOutput(BaseOutput):
 def _load_diffusers_model(cls):
     def load(folder: Path, dtype: torch.dtype, allow_pickle: bool):
         config = read_json(folder / "config.json")
+        bad = [k for k, v in config.items() if not k.startswith("_") and isinstance(v, (int, float))
+               and not isinstance(v, bool) and (v <= 0 and k not in ("dropout", "attention_dropout"))]
+        if bad:
+            raise CheckpointError(f"{folder / 'config.json'}: invalid {cls.__name__} config ({bad[0]} = {config[bad[0]]}: "
+                                  "sizes must be positive)")
         try:
             with torch.device("meta"):
                 model = cls.from_config(config)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{folder / 'config.json'}: invalid {cls.__name__} config ({err})") from None
+        except Exception as err:  # any failure of an unusable config is this folder's problem
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise CheckpointError(f"{folder / 'config.json'}: invalid {cls.__name__} config ({first})") from None
         load_weights_strict(model, folder, "diffusion_pytorch_model", dtype, allow_pickle)
         return model.eval()
 
@@ -126,7 +132,8 @@ def _load_transformers_model(class_name: str):
             model, info = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
                                               use_safetensors=not allow_pickle or None, output_loading_info=True)
         except Exception as err:
-            raise CheckpointError(f"{folder}: cannot load {class_name} ({type(err).__name__}: {err})") from None
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise CheckpointError(f"{folder}: cannot load {class_name} ({type(err).__name__}: {first})") from None
         finally:
             if bar_was_enabled:
                 hf_logging.enable_progress_bar()
@@ -146,7 +153,15 @@ def _load_transformers_model(class_name: str):
 
 
 def _load_scheduler(folder: Path, dtype: torch.dtype, allow_pickle: bool):
-    return RectifiedFlowScheduler.from_config(read_json(folder / "scheduler_config.json"))
+    path = folder / "scheduler_config.json"
+    config = read_json(path)
+    checks = {"num_train_timesteps": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+              "shift": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
+              "use_dynamic_shifting": lambda v: isinstance(v, bool)}
+    for key, valid in checks.items():
+        if key in config and not valid(config[key]):
+            raise CheckpointError(f"{path}: invalid {key} {config[key]!r}")
+    return RectifiedFlowScheduler.from_config(config)
 
 
 def _load_processor(kind: str):

@@ -387,6 +387,47 @@ def test_config_and_weights_that_disagree(saved_pipe):
         MIDIPipeline.from_pretrained(saved_pipe)
 
 
+BROKEN_FOLDERS = [  # (component file, change, what the one line names)
+    ("transformer/config.json", {"width": 0}, "width = 0: sizes must be positive"),
+    ("vae/config.json", {"num_attention_heads": -4}, "num_attention_heads = -4"),
+    ("vae/config.json", {"embedding_type": "fourier-x"}, "invalid ShapeVAE config"),
+    ("scheduler/scheduler_config.json", {"shift": "fast"}, "invalid shift 'fast'"),
+    ("scheduler/scheduler_config.json", {"num_train_timesteps": 0}, "invalid num_train_timesteps 0"),
+    ("image_encoder_2/config.json", {"hidden_size": 24}, "Dinov2Model"),
+]
+
+
+@pytest.mark.parametrize("file, change, message", BROKEN_FOLDERS, ids=[f"{f}:{sorted(c)[0]}" for f, c, _ in BROKEN_FOLDERS])
+def test_model_folders_with_unusable_configs_are_one_line(saved_pipe, file, change, message):
+    path = saved_pipe / file
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(CheckpointError) as caught:
+        MIDIPipeline.from_pretrained(saved_pipe)
+    assert message in str(caught.value) and "\n" not in str(caught.value), str(caught.value)
+
+
+def test_eval_refuses_a_results_log_it_did_not_write(tmp_path):
+    from midi3d.eval.runner import ResultLog
+
+    (tmp_path / "results-0.jsonl").write_text('{"key": "a", "status": "ok", "seconds": 1}\n')
+    with pytest.raises(InputError, match="line 1 is not a result record"):
+        ResultLog(tmp_path).records()
+    (tmp_path / "results-0.jsonl").write_text('[1, 2]\n{"key": "a", "status": "ok"')  # a torn last line is fine
+    with pytest.raises(InputError, match="line 1"):
+        ResultLog(tmp_path).records()
+    (tmp_path / "results-0.jsonl").write_text('{"key": "a", "status": "failed", "error": "x", "seconds": 0}\n{"ke')
+    assert list(ResultLog(tmp_path).records()) == ["a"]
+
+
+@pytest.mark.parametrize("option", [["--views", "0,x"], ["--views", ","], ["--points", "0"], ["--test-size", "0"],
+                                    ["--min-area", "1.5"], ["--seed", "-1"]])
+def test_eval_options_are_checked_before_any_scene(tmp_path, option):
+    result = CliRunner().invoke(app, ["eval", "--root", str(tmp_path), "--pred-dir", str(tmp_path),
+                                      "--out", str(tmp_path / "out"), *option])
+    assert result.exit_code == 2, result.output
+    assert not (tmp_path / "out" / "results-0.jsonl").exists()
+
+
 class _Payload:
     """Pickles to a call that would create a marker file if the pickle were trusted blindly."""
 
