@@ -47,15 +47,18 @@ class _PerInstance(Sequence):
         return np.where(inside[..., None], self.rgb, 255).astype(np.uint8)
 
 
-def padded_size(labels: np.ndarray) -> int:
-    """The side of the square canvas :func:`pad_scene` makes (computed without allocating it)."""
+def _padded_shape(labels: np.ndarray) -> tuple[int, int]:
+    """``(height, width)`` of the official padding's canvas before it is squared."""
     h, w = labels.shape
     rows, cols = np.nonzero(labels > 0)
     r_min, r_max, c_min, c_max = rows.min(), rows.max(), cols.min(), cols.max()
     extent = max(2 * max(abs(r_max - w // 2), abs(r_min - w // 2)), 2 * max(abs(c_max - h // 2), abs(c_min - h // 2)))
-    new_w = int(1.25 * extent) if extent > 0.8 * w else w
-    new_h = int(1.25 * extent) if extent > 0.8 * h else h
-    return max(new_h, new_w)
+    return (int(1.25 * extent) if extent > 0.8 * h else h), (int(1.25 * extent) if extent > 0.8 * w else w)
+
+
+def padded_size(labels: np.ndarray) -> int:
+    """The side of the square canvas :func:`pad_scene` makes (computed without allocating it)."""
+    return max(_padded_shape(labels))
 
 
 def pad_scene(rgb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,11 +69,7 @@ def pad_scene(rgb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
     the image: :func:`padded_size` tells how large before anything is allocated).
     """
     h, w = labels.shape
-    rows, cols = np.nonzero(labels > 0)
-    r_min, r_max, c_min, c_max = rows.min(), rows.max(), cols.min(), cols.max()
-    extent = max(2 * max(abs(r_max - w // 2), abs(r_min - w // 2)), 2 * max(abs(c_max - h // 2), abs(c_min - h // 2)))
-    new_w = int(1.25 * extent) if extent > 0.8 * w else w
-    new_h = int(1.25 * extent) if extent > 0.8 * h else h
+    new_h, new_w = _padded_shape(labels)
     canvas_rgb = np.full((new_h, new_w, 3), 255, np.uint8)
     canvas_seg = np.zeros((new_h, new_w), labels.dtype)
     top, left = (new_h - h) // 2, (new_w - w) // 2
