@@ -51,15 +51,12 @@ def resized_pixels(processor, images: Sequence[ImageLike]) -> Tensor:
 
 
 def normalised_pixels(processor, pixels: Tensor) -> Tensor:
-    """uint8 pixels from :func:`resized_pixels` → the processor's rescaled, normalised float32."""
-    x = pixels.float()
-    if processor.do_rescale:
-        x = x * float(processor.rescale_factor)
-    if processor.do_normalize:
-        mean = torch.tensor(processor.image_mean, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(processor.image_std, dtype=torch.float32)[:, None, None]
-        x = (x - mean) / std
-    return x
+    """uint8 pixels from :func:`resized_pixels` → the processor's rescaled, normalised float32,
+    computed by the processor itself (its rescale and normalisation only), so the numbers are
+    those of a full ``processor(image)`` call, bit for bit."""
+    arrays = [np.ascontiguousarray(p.permute(1, 2, 0).numpy()) for p in pixels]
+    out = processor(arrays, do_resize=False, do_center_crop=False, do_convert_rgb=False, return_tensors="pt")
+    return out["pixel_values"].to(torch.float32)
 
 
 def mask_pixels(masks: Sequence[ImageLike], size: tuple[int, int]) -> Tensor:
