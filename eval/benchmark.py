@@ -102,8 +102,11 @@ def claim_results_folder(out: Path, identity: dict, overwrite: bool = False) -> 
     path = out / RUN_FILE
     logs = sorted(out.glob("results-*.jsonl"))
     if overwrite:
+        import shutil
+
         for stale in [*logs, *(out / name for name in ("summary.md", "summary.csv", "summary.json"))]:
             stale.unlink(missing_ok=True)
+        shutil.rmtree(out / "visuals", ignore_errors=True)  # figures of the earlier run
     elif path.is_file():
         try:
             recorded = json.loads(path.read_text())
