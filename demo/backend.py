@@ -119,18 +119,10 @@ class DemoBackend:
                 raise InputError("click points or draw boxes on the image first (or choose automatic)")
             labels = SamSegmenter(self.config.sam_checkpoint, points=point_list, boxes=box_list).segment(rgb)
         else:
-            from ..segmentation.sam import CHECKPOINT_ENV
-            import os
+            from ..segmentation.auto import segment_automatically
 
-            if self.config.sam_checkpoint is not None or os.environ.get(CHECKPOINT_ENV):
-                from ..segmentation.sam import SamSegmenter
-
-                labels = SamSegmenter(self.config.sam_checkpoint, max_instances=self.config.limits.max_instances
-                                      ).segment(rgb)
-            else:
-                from ..segmentation.classic import ClassicSegmenter
-
-                labels = ClassicSegmenter().segment(rgb)
+            labels, _ = segment_automatically(rgb, Path(str(image_path)).name, self.config.sam_checkpoint,
+                                              max_instances=self.config.limits.max_instances)
         if len(instance_ids(labels)) > self.config.limits.max_instances:
             raise InputError(f"{len(instance_ids(labels))} instances exceed this demo's limit of "
                              f"{self.config.limits.max_instances}; remove some or upload a label map")

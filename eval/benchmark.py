@@ -60,39 +60,39 @@ def open_benchmark(spec: BenchmarkSpec):
 
 def dataset_identity(spec: BenchmarkSpec) -> dict:
     """What decides which scenes and ground truth a run scores."""
-    from ..training.cache import dataset_fingerprint
+    from ..data.layout import dataset_fingerprint
 
     return {"dataset": spec.dataset, "root": str(Path(spec.root).resolve()), "index": dataset_fingerprint(spec.root),
             "views": list(spec.views), "test_size": spec.test_size, "max_objects": spec.max_objects,
             "min_area": spec.min_area, "points": spec.points}
 
 
-def model_identity(model: Path | None) -> dict:
-    """A pipeline folder (or the embedded model) as path + content hash of its index and weight files."""
+def _files_digest(folder: Path, paths) -> str:
+    """A hash of the files' names (relative to ``folder``), sizes and modification times."""
     import hashlib
 
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def model_identity(model: Path | None) -> dict:
+    """A pipeline folder (or the embedded model) as path + a hash of its index and weight files."""
     from .. import __version__
     from ..embedded import embedded_model_folder
 
     folder = Path(model) if model is not None else embedded_model_folder()
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix in (".json", ".safetensors", ".bin", ".ckpt"):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return {"model": "embedded" if model is None else str(folder.resolve()), "model_files": digest.hexdigest()[:16],
+    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".ckpt")]
+    return {"model": "embedded" if model is None else str(folder.resolve()), "model_files": _files_digest(folder, files),
             "midi3d": __version__}
 
 
 def predictions_identity(pred_dir: Path) -> dict:
-    """Another method's GLB folder as path + a hash of its files' names, sizes and times."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(Path(pred_dir).glob("*.glb")):
-        stat = path.stat()
-        digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return {"pred_dir": str(Path(pred_dir).resolve()), "pred_files": digest.hexdigest()[:16]}
+    """Another method's GLB folder as path + a hash of its files."""
+    folder = Path(pred_dir)
+    return {"pred_dir": str(folder.resolve()), "pred_files": _files_digest(folder, folder.glob("*.glb"))}
 
 
 def claim_results_folder(out: Path, identity: dict, overwrite: bool = False) -> None:

@@ -8,6 +8,7 @@ error (a full disk or a read-only folder would fail every later scene too).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from ..io.labelmap import DEFAULT_MAX_INSTANCES
 from ..io.paths import child_path
 from .pipeline_midi import MIDIPipeline, MIDIPipelineOutput
 from .scene import EXPORT_FORMATS, GenerateOptions, SceneInputs, export_scene, generate_scene, load_scene
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,9 @@ def read_single_scene(image: Path, seg: Path | None, limits: ReadLimits, allow_p
     from ..segmentation.auto import segment_automatically
 
     rgb = load_rgb(image, max_pixels=limits.max_pixels)
-    labels = segment_automatically(rgb, image, allow_pickle=allow_pickle, max_instances=limits.max_instances)
+    labels, how = segment_automatically(rgb, image, allow_pickle=allow_pickle, max_instances=limits.max_instances)
+    logger.warning("%s: no --seg given, using the %s segmentation (%d instances, at most %d kept); "
+                   "check it with `midi3d segment` or pass --seg", image, how, int(labels.max()), limits.max_instances)
     return SceneInputs(rgb, labels, name=image.stem)
 
 

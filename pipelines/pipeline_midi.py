@@ -35,7 +35,8 @@ from ..models.checkpoint import (
     weight_files,
     write_json,
 )
-from ..models.image_encoders import build_image_processor, clip_pixels, dino_pixels, encode_clip, encode_dino
+from ..models.image_encoders import (build_image_processor, dino_channels, encode_clip, encode_dino, normalised_pixels,
+                                     resized_instances, resized_scenes)
 from ..models.layer_spec import LayerSpec, is_default, parse_layer_list
 from ..models.transformers.midi_transformer import MIDITransformer
 from ..schedulers.rectified_flow import RectifiedFlowScheduler
@@ -100,8 +101,8 @@ class MIDIPipelineOutput(BaseOutput):
 def _load_diffusers_model(cls):
     def load(folder: Path, dtype: torch.dtype, allow_pickle: bool):
         config = read_json(folder / "config.json")
-        bad = [k for k, v in config.items() if not k.startswith("_") and isinstance(v, (int, float))
-               and not isinstance(v, bool) and (v <= 0 and k not in ("dropout", "attention_dropout"))]
+        bad = [k for k, v in config.items()
+               if not k.startswith("_") and isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0]
         if bad:
             raise CheckpointError(f"{folder / 'config.json'}: invalid {cls.__name__} config ({bad[0]} = {config[bad[0]]}: "
                                   "sizes must be positive)")
@@ -355,9 +356,11 @@ class MIDIPipeline(DiffusionPipeline):
 
     def encode_condition(self, image: Sequence, mask: Sequence, image_scene: Sequence
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """CLIP embeddings ``[B, 1, D1]`` and DINOv2 tokens ``[B, S2, D2]``."""
-        embeds_1 = encode_clip(self.image_encoder_1, clip_pixels(self.feature_extractor_1, image))
-        embeds_2 = encode_dino(self.image_encoder_2, dino_pixels(self.feature_extractor_2, image, image_scene, mask))
+        """CLIP embeddings ``[B, 1, D1]`` and DINOv2 tokens ``[B, S2, D2]`` (each instance image read once)."""
+        clip, dino, masks = resized_instances(self.feature_extractor_1, self.feature_extractor_2, image, mask)
+        scenes = resized_scenes(self.feature_extractor_2, image_scene)
+        embeds_1 = encode_clip(self.image_encoder_1, normalised_pixels(self.feature_extractor_1, clip))
+        embeds_2 = encode_dino(self.image_encoder_2, dino_channels(self.feature_extractor_2, dino, scenes, masks))
         device = self._execution_device
         return (embeds_1.to(device=device, dtype=self.transformer.dtype),
                 embeds_2.to(device=device, dtype=self.transformer.dtype))
@@ -483,8 +486,10 @@ class MIDIPipeline(DiffusionPipeline):
         settings = self.sampling_defaults.resolve(num_inference_steps, guidance_scale, extraction.resolution)
         inputs = self._instance_inputs(image, mask, image_scene, pad, max_instances, settings, extraction,
                                        num_latent_tokens, max_memory_gb)
-        counts = self.check_inputs(inputs.images, inputs.masks, inputs.scenes,
-                                   num_instances if isinstance(image, (list, tuple)) else None)
+        if isinstance(image, (list, tuple)):
+            counts = self.check_inputs(inputs.images, inputs.masks, inputs.scenes, num_instances)
+        else:  # one scene, its instances cut from one image: consistent by construction
+            counts = [len(inputs.ids)]
         if generator is None and seed is not None:
             generator = torch.Generator(device=self._execution_device).manual_seed(seed)
 

@@ -41,10 +41,19 @@ class _PerInstance(Sequence):
     def __getitem__(self, k):
         if isinstance(k, slice):
             return [self[i] for i in range(*k.indices(len(self)))]
-        inside = self.labels == self.ids[k]
         if self.kind == "mask":
-            return np.where(inside, 255, 0).astype(np.uint8)
-        return np.where(inside[..., None], self.rgb, 255).astype(np.uint8)
+            return instance_mask(self.labels, self.ids[k])
+        return instance_image(self.rgb, self.labels, self.ids[k])
+
+
+def instance_mask(labels: np.ndarray, instance_id: int) -> np.ndarray:
+    """The official mask of one instance: uint8 0/255."""
+    return np.where(labels == instance_id, 255, 0).astype(np.uint8)
+
+
+def instance_image(rgb: np.ndarray, labels: np.ndarray, instance_id: int) -> np.ndarray:
+    """The official instance image: the scene inside the instance, white outside."""
+    return np.where((labels == instance_id)[..., None], rgb, 255).astype(np.uint8)
 
 
 def _padded_shape(labels: np.ndarray) -> tuple[int, int]:
@@ -85,12 +94,7 @@ def pad_scene(rgb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 def split_instances(rgb: np.ndarray, labels: np.ndarray, ids: list[int]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Instance images (scene inside the mask, white outside) and masks (uint8 0/255)."""
-    images, masks = [], []
-    for instance_id in ids:
-        inside = labels == instance_id
-        masks.append(np.where(inside, 255, 0).astype(np.uint8))
-        images.append(np.where(inside[..., None], rgb, 255).astype(np.uint8))
-    return images, masks
+    return [instance_image(rgb, labels, i) for i in ids], [instance_mask(labels, i) for i in ids]
 
 
 def as_rgb(image) -> np.ndarray:

@@ -19,9 +19,9 @@ from ..io.errors import InputError
 from ..io.files import write_atomic
 from ..io.images import DEFAULT_MAX_PIXELS, exif_orientation, load_rgb
 from ..io.labelmap import DEFAULT_MAX_INSTANCES, instance_ids, read_label_map
-from .pipeline_midi import ExtractionOptions, MIDIPipeline, MIDIPipelineOutput
 from ..models.layer_spec import LayerSpec
 from .memory import DEFAULT_BUDGET_GB
+from .pipeline_midi import ExtractionOptions, MIDIPipeline, MIDIPipelineOutput
 from .sampling import DEFAULT_SEED
 
 logger = logging.getLogger(__name__)

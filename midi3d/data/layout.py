@@ -18,6 +18,19 @@ import numpy as np
 
 RENDER, SCENE, SURFACE = "3D-FRONT-RENDER", "3D-FRONT-SCENE", "3D-FRONT-SURFACE"
 ROOM_IDS, FURNITURE_IDS = "midi_room_ids.json", "midi_furniture_ids.json"
+SYNTH_CONFIG = "synth_config.json"  # the settings of a dataset made by `midi3d synth`
+
+
+def dataset_fingerprint(root: str | Path) -> str:
+    """A hash of the dataset's index files (rooms, their objects in instance order, settings):
+    it changes when the dataset is made again, whatever its folder is called."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in (ROOM_IDS, FURNITURE_IDS, SYNTH_CONFIG):
+        path = Path(root) / name
+        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
+    return digest.hexdigest()[:16]
 
 
 def read_surface(path: str | Path) -> dict[str, np.ndarray]:

@@ -38,9 +38,9 @@ from ..io.files import remove_stale_temporaries, replace_folder, write_atomic
 from .furniture import FLOOR_FURNITURE, SMALL_FURNITURE, SUPPORTS
 from ..io.errors import InputError
 from .layout import RENDER, SCENE, SURFACE
+from .layout import SYNTH_CONFIG as CONFIG_FILE
 
 OBJECTS_FILE = "objects.json"  # in each room's render folder: its objects in instance order
-CONFIG_FILE = "synth_config.json"
 
 SCENE_EXTENT = 0.95
 

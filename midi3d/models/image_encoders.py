@@ -75,21 +75,38 @@ def clip_pixels(processor, images: Sequence[ImageLike]) -> Tensor:
 
 
 def dino_channels(processor, instance: Tensor, scene: Tensor, mask: Tensor) -> Tensor:
-    """Encoder-2 input ``[N, 7, h, w]`` from resized uint8 instance and scene pixels and the
-    resized mask: the one assembly shared by inference and training."""
-    return torch.cat([normalised_pixels(processor, instance), normalised_pixels(processor, scene),
-                      mask.to(torch.float32)], dim=1)
+    """Encoder-2 input ``[N, 7, h, w]`` from resized uint8 instance pixels, scene pixels (``[N]``,
+    or ``[1]`` for one scene shared by all) and the resized mask: the one assembly shared by
+    inference and training."""
+    scene = normalised_pixels(processor, scene).expand(len(instance), -1, -1, -1)
+    return torch.cat([normalised_pixels(processor, instance), scene, mask.to(torch.float32)], dim=1)
+
+
+def resized_scenes(processor, scenes: Sequence[ImageLike]) -> Tensor:
+    """Resized uint8 scene pixels: ``[1, 3, h, w]`` when every instance shares one scene image
+    (the usual case: it is resized once), else one per instance."""
+    if all(scene is scenes[0] for scene in scenes):
+        return resized_pixels(processor, [scenes[0]])
+    return resized_pixels(processor, scenes)
+
+
+def resized_instances(clip_processor, dino_processor, images: Sequence[ImageLike], masks: Sequence[ImageLike]
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+    """CLIP uint8 ``[N, 3, h1, w1]``, DINOv2 uint8 ``[N, 3, h2, w2]`` and masks ``[N, 1, h2, w2]``,
+    reading each instance image and mask once (they may be made on demand, at full resolution)."""
+    clip, dino, resized_masks = [], [], []
+    for image, mask in zip(images, masks, strict=True):
+        clip.append(resized_pixels(clip_processor, [image]))
+        dino.append(resized_pixels(dino_processor, [image]))
+        resized_masks.append(mask_pixels([mask], dino[-1].shape[-2:]))
+    return torch.cat(clip), torch.cat(dino), torch.cat(resized_masks)
 
 
 def dino_pixels(processor, images: Sequence[ImageLike], scenes: Sequence[ImageLike],
                 masks: Sequence[ImageLike]) -> Tensor:
     """Encoder-2 pixels ``[N, 7, h, w]``: instance RGB, scene RGB, mask (see :func:`mask_pixels`)."""
     instance = resized_pixels(processor, images)
-    if all(scene is scenes[0] for scene in scenes):  # one scene image for all (the usual case): resize once
-        scene = resized_pixels(processor, [scenes[0]]).expand(len(scenes), -1, -1, -1)
-    else:
-        scene = resized_pixels(processor, scenes)
-    return dino_channels(processor, instance, scene, mask_pixels(masks, instance.shape[-2:]))
+    return dino_channels(processor, instance, resized_scenes(processor, scenes), mask_pixels(masks, instance.shape[-2:]))
 
 
 def encode_clip(encoder, pixels: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.layout import FURNITURE_IDS, RENDER, ROOM_IDS, SCENE, SURFACE, read_surface
+from ..data.layout import FURNITURE_IDS, RENDER, ROOM_IDS, SCENE, SURFACE, dataset_fingerprint, read_surface
 from ..io.errors import InputError
 from ..io.files import write_atomic
 from ..io.images import load_rgb
@@ -83,15 +83,6 @@ class TrainingCache:
         return range(int(self.scene_offsets[scene]), int(self.scene_offsets[scene + 1]))
 
 
-def dataset_fingerprint(root: Path) -> str:
-    """A hash of the dataset's index files (rooms, their objects in instance order, settings)."""
-    digest = hashlib.sha256()
-    for name in (ROOM_IDS, FURNITURE_IDS, "synth_config.json"):
-        path = Path(root) / name
-        digest.update(name.encode() + (path.read_bytes() if path.is_file() else b"-"))
-    return digest.hexdigest()[:16]
-
-
 def processor_configs(pipe) -> tuple[dict, dict]:
     """The pipeline's two preprocessor configs (picklable, for the cache workers and its name)."""
     return pipe.feature_extractor_1.to_dict(), pipe.feature_extractor_2.to_dict()
@@ -106,17 +97,16 @@ def _processors(configs_json: str):
 
 
 def instance_arrays(processors, rgb: np.ndarray, labels: np.ndarray, ids: list[int]) -> dict[str, np.ndarray]:
-    """What the cache stores of one scene's instances: the inference preprocessing up to the
-    uint8 resize and crop (see :func:`~midi3d.pipelines.preprocess.split_instances`)."""
+    """What the cache stores of one scene's instances: the inference preprocessing
+    (:meth:`MIDIPipeline.encode_condition`) up to the uint8 resize and crop."""
+    from ..models.image_encoders import resized_instances, resized_scenes
     from ..pipelines.preprocess import split_instances
-    from ..models.image_encoders import mask_pixels, resized_pixels
 
-    clip, dino = processors
     images, masks = split_instances(rgb, labels, ids)
-    dino_pixels = resized_pixels(dino, images)
-    return {"clip_pixels": resized_pixels(clip, images).numpy(), "instance_pixels": dino_pixels.numpy(),
-            "instance_masks": mask_pixels(masks, dino_pixels.shape[-2:])[:, 0].to(torch.uint8).numpy(),
-            "scene_pixels": resized_pixels(dino, [rgb]).numpy()[0]}
+    clip, dino, resized_masks = resized_instances(*processors, images, masks)
+    return {"clip_pixels": clip.numpy(), "instance_pixels": dino.numpy(),
+            "instance_masks": resized_masks[:, 0].to(torch.uint8).numpy(),
+            "scene_pixels": resized_scenes(processors[1], [rgb]).numpy()[0]}
 
 
 def _room(root: Path, room: str, names: list[str], settings: CacheSettings, processors_json: str) -> dict:
