@@ -192,7 +192,7 @@ def launch(config: DemoConfig, host: str = "127.0.0.1", port: int = 7860, share:
            prevent_thread_lock: bool = False, pipe=None):
     """Build, queue (one generation at a time, bounded waiting line) and serve the demo."""
     page = build_demo(config, pipe)
-    page.backend.start_sweeper()
+    page.backend.start_sweeper(page)  # also Gradio's cache: its own clean-up task can die
     page.queue(max_size=config.limits.queue_size, default_concurrency_limit=1)
     page.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=prevent_thread_lock,
                 max_file_size=int(config.limits.max_upload_mb * 1024 * 1024), show_error=True, quiet=True)

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..io.errors import InputError
 from ..io.labelmap import instance_ids
-from .session import (DemoLimits, SessionFolders, generate_outputs, load_label_upload, load_scene_image,
-                      merge_instances, preview, remove_instances, sweep_empty_uploads)
+from .session import (DemoLimits, SessionFolders, expire_tracked_files, generate_outputs, load_label_upload,
+                      load_scene_image, merge_instances, preview, remove_instances, sweep_empty_uploads)
 
 MAX_STEPS = 100
 
@@ -84,16 +84,19 @@ class DemoBackend:
         self._pipe = pipe
         self._sam = None
 
-    def start_sweeper(self) -> None:
-        """Every ``cache_ttl_s / 2``: remove the empty upload stubs Gradio leaves behind and the
-        sessions' results older than ``cache_ttl_s`` but their newest (a daemon thread: it ends
-        with the server process)."""
+    def start_sweeper(self, page=None) -> None:
+        """Every ``cache_ttl_s / 2``: remove the empty upload stubs Gradio leaves behind, the files
+        ``page`` (the Gradio Blocks) tracks that are older than ``cache_ttl_s``, and the sessions'
+        results older than that but their newest (a daemon thread: it ends with the server process)."""
         ttl = max(2, self.config.cache_ttl_s)
 
         def sweep() -> None:
             while True:
                 time.sleep(ttl / 2)
                 sweep_empty_uploads(self.upload_folder, ttl)
+                if page is not None:
+                    keep = set().union(*(getattr(block, "keep_in_cache", set()) for block in page.blocks.values()))
+                    expire_tracked_files(page.temp_file_sets, keep, ttl)
                 self.folders.expire(ttl)
 
         threading.Thread(target=sweep, name="midi3d-upload-sweeper", daemon=True).start()

@@ -179,6 +179,33 @@ def sweep_empty_uploads(folder: Path, older_than_s: float) -> int:
     return removed
 
 
+def expire_tracked_files(file_sets: list[set[str]], keep: set[str], older_than_s: float) -> int:
+    """Remove the files of ``file_sets`` (Gradio's ``temp_file_sets``) changed more than ``older_than_s``
+    ago, except those in ``keep``, and drop them from their set. Returns how many were removed.
+
+    Gradio 6's own ``delete_cache`` task iterates those sets while uploads add to them; the first
+    clash ends it with "Set changed size during iteration" and no upload is removed after that
+    (measured: the uploads of rejected requests stayed in the cache). Each set is copied here first.
+    """
+    removed, now = 0, time.time()
+    for file_set in file_sets:
+        for name in list(file_set):  # list() of a set of str holds the GIL: a consistent copy
+            if name in keep:
+                continue
+            path = Path(name)
+            try:
+                if now - path.lstat().st_ctime <= older_than_s:
+                    continue
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                pass  # removed already: only forget it
+            except OSError:  # not ours to remove: leave it tracked
+                continue
+            file_set.discard(name)
+    return removed
+
+
 def generate_outputs(pipe, rgb: np.ndarray, labels: np.ndarray, options, folder: Path) -> tuple[Path, Path, str]:
     """Generate the scene; write ``scene.glb`` and ``objects.zip`` in ``folder``; return a summary.
 

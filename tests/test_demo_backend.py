@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 
 from midi3d.demo.app import public_message
 from midi3d.demo.backend import DemoBackend, DemoConfig
-from midi3d.demo.session import DemoLimits, SessionFolders
+from midi3d.demo.session import DemoLimits, SessionFolders, expire_tracked_files
 from midi3d.io.errors import InputError
 
 
@@ -45,3 +48,39 @@ def test_segmentation_that_finds_nothing_is_an_error(tmp_path):
     backend = DemoBackend(DemoConfig(DemoLimits(), work_dir=tmp_path / "work"), pipe=object())
     with pytest.raises(InputError, match="found no object"):
         backend.segment_page("s", str(tmp_path / "blank.png"), "automatic", None, "", "")
+
+
+def test_tracked_uploads_expire_even_while_new_uploads_arrive(tmp_path):
+    """Gradio's own clean-up iterates its file sets as uploads add to them and dies at the first
+    clash; the demo's sweeper copies each set first, removes only old files, keeps the kept ones."""
+    old = [tmp_path / f"old-{i}.png" for i in range(2000)]
+    for path in old:
+        path.write_bytes(b"x")
+    time.sleep(1.5)
+    fresh, kept, gone = tmp_path / "fresh.png", old[0], tmp_path / "gone.png"
+    fresh.write_bytes(b"x")
+    uploads = {str(path) for path in old} | {str(fresh), str(gone)}
+    stop = threading.Event()
+
+    def upload_loop() -> None:  # uploads arriving meanwhile (never older than the limit)
+        i = 0
+        while not stop.is_set():
+            path = tmp_path / f"new-{i}.png"
+            path.write_bytes(b"x")
+            uploads.add(str(path))
+            i += 1
+
+    uploader = threading.Thread(target=upload_loop)
+    uploader.start()
+    try:
+        removed = expire_tracked_files([uploads], keep={str(kept)}, older_than_s=0.75)
+    finally:
+        stop.set()
+        uploader.join()
+    assert removed == len(old) - 1
+    assert not any(path.exists() for path in old[1:]) and not any(str(path) in uploads for path in old[1:])
+    assert kept.exists() and str(kept) in uploads
+    assert fresh.exists() and str(fresh) in uploads
+    assert str(gone) not in uploads  # already gone from disk: forgotten
+    arrived = sorted(str(path) for path in tmp_path.glob("new-*.png"))
+    assert arrived and set(arrived) <= uploads  # fresh: all still tracked
