@@ -35,15 +35,17 @@ from ..models.checkpoint import (
     weight_files,
     write_json,
 )
+from ..control.config import ControlConfig, control_from_data, load_control
+from ..control.schedule import ControlPlan
 from ..models.image_encoders import (build_image_processor, dino_channels, encode_clip, encode_dino, normalised_pixels,
-                                     resized_instances, resized_scenes)
+                                     patch_regions, resized_instances, resized_scenes)
 from ..models.layer_spec import LayerSpec, is_default, parse_layer_list
 from ..models.transformers.midi_transformer import MIDITransformer
 from ..schedulers.rectified_flow import RectifiedFlowScheduler
 from .memory import DEFAULT_BUDGET_GB
 from .memory import estimate as estimate_memory
 from .preprocess import InstanceInputs, scene_instances
-from .sampling import MI_LAYERS_KEY, OFFICIAL_DEFAULTS, SAMPLING_KEY, SamplingDefaults
+from .sampling import CONTROL_KEY, MI_LAYERS_KEY, OFFICIAL_DEFAULTS, SAMPLING_KEY, SamplingDefaults
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +213,12 @@ class MIDIPipeline(DiffusionPipeline):
                               feature_extractor_1=feature_extractor_1, feature_extractor_2=feature_extractor_2)
         self.sampling_defaults: SamplingDefaults = OFFICIAL_DEFAULTS
         self.default_mi_layers: tuple[int, ...] | None = None  # the folder's; None = the released rule
+        self.control_defaults: ControlConfig | None = None  # the folder's instance control, if it records one
+
+    def set_control_defaults(self, control: ControlConfig | dict | str | Path | None) -> None:
+        """The instance control used when a call passes none (:func:`midi3d.control.load_control`:
+        a config, mapping, YAML path or preset name); saved with the folder. ``None`` removes it."""
+        self.control_defaults = load_control(control)
 
     def set_multi_instance_layers(self, layers: LayerSpec = None) -> None:
         """Multi-instance attention on ``layers`` (:mod:`midi3d.models.layer_spec`); ``None`` or
@@ -247,6 +255,12 @@ class MIDIPipeline(DiffusionPipeline):
                       for name in COMPONENTS}
         pipe = cls(**components)
         pipe.sampling_defaults = defaults
+        if index.get(CONTROL_KEY) is not None:
+            try:
+                pipe.control_defaults = control_from_data(index[CONTROL_KEY], f"{folder / 'model_index.json'}: "
+                                                          f"{CONTROL_KEY}")
+            except ValueError as err:
+                raise CheckpointError(str(err)) from None
         recorded = index.get(MI_LAYERS_KEY)
         if recorded is not None:
             try:
@@ -280,6 +294,8 @@ class MIDIPipeline(DiffusionPipeline):
 
         index = {"_class_name": "MIDIPipeline", "_diffusers_version": diffusers.__version__,
                  MI_LAYERS_KEY: list(self.transformer.mi_layers), SAMPLING_KEY: self.sampling_defaults.to_index()}
+        if self.control_defaults is not None:
+            index[CONTROL_KEY] = self.control_defaults.to_data()
         for name in ("transformer", "vae"):
             model = getattr(self, name)
             config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
@@ -357,13 +373,18 @@ class MIDIPipeline(DiffusionPipeline):
     def encode_condition(self, image: Sequence, mask: Sequence, image_scene: Sequence
                          ) -> tuple[torch.Tensor, torch.Tensor]:
         """CLIP embeddings ``[B, 1, D1]`` and DINOv2 tokens ``[B, S2, D2]`` (each instance image read once)."""
+        embeds_1, embeds_2, _ = self._encode_condition(image, mask, image_scene)
+        return embeds_1, embeds_2
+
+    def _encode_condition(self, image: Sequence, mask: Sequence, image_scene: Sequence):
+        """:meth:`encode_condition` plus the masks ``[B, 1, h, w]`` as the DINOv2 encoder saw them."""
         clip, dino, masks = resized_instances(self.feature_extractor_1, self.feature_extractor_2, image, mask)
         scenes = resized_scenes(self.feature_extractor_2, image_scene)
         embeds_1 = encode_clip(self.image_encoder_1, normalised_pixels(self.feature_extractor_1, clip))
         embeds_2 = encode_dino(self.image_encoder_2, dino_channels(self.feature_extractor_2, dino, scenes, masks))
         device = self._execution_device
         return (embeds_1.to(device=device, dtype=self.transformer.dtype),
-                embeds_2.to(device=device, dtype=self.transformer.dtype))
+                embeds_2.to(device=device, dtype=self.transformer.dtype), masks)
 
     def prepare_latents(self, batch: int, num_tokens: int | None, generator, latents: torch.Tensor | None
                         ) -> torch.Tensor:
@@ -447,6 +468,7 @@ class MIDIPipeline(DiffusionPipeline):
         mi_layers: LayerSpec = None,
         max_instances: int = DEFAULT_MAX_INSTANCES,
         max_memory_gb: float = DEFAULT_BUDGET_GB,
+        control: ControlConfig | dict | str | Path | None = None,
     ) -> MIDIPipelineOutput | tuple:
         """Generate one latent set (and mesh) per instance, all instances of a scene jointly.
 
@@ -468,6 +490,9 @@ class MIDIPipeline(DiffusionPipeline):
             mi_layers: multi-instance blocks for this call only (``None``: as set on the pipeline).
             max_instances, max_memory_gb: refusal limits, checked before anything large is
                 allocated (:mod:`midi3d.pipelines.memory`).
+            control: instance control (:mod:`midi3d.control`: a config, mapping, YAML path or
+                preset name); ``None`` = the folder's ``control_defaults`` (if any), ``"neutral"``
+                = none even then.
         """
         from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
@@ -484,6 +509,7 @@ class MIDIPipeline(DiffusionPipeline):
             mask = label_map
         extraction = extraction or ExtractionOptions()
         settings = self.sampling_defaults.resolve(num_inference_steps, guidance_scale, extraction.resolution)
+        control = load_control(control) if control is not None else self.control_defaults
         inputs = self._instance_inputs(image, mask, image_scene, pad, max_instances, settings, extraction,
                                        num_latent_tokens, max_memory_gb)
         if isinstance(image, (list, tuple)):
@@ -494,9 +520,12 @@ class MIDIPipeline(DiffusionPipeline):
             generator = torch.Generator(device=self._execution_device).manual_seed(seed)
 
         with self._multi_instance_layers_for_call(mi_layers):
+            plan = None
+            if control is not None:
+                plan = ControlPlan.resolve(control, self.transformer.config.num_layers, self.transformer.mi_layers)
             return self._sample(inputs, counts, settings, generator, latents, num_latent_tokens, output_type,
                                 extraction, postprocess, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                return_dict, seed, pad)
+                                return_dict, seed, pad, plan)
 
     @contextlib.contextmanager
     def _multi_instance_layers_for_call(self, layers: LayerSpec):
@@ -512,22 +541,29 @@ class MIDIPipeline(DiffusionPipeline):
 
     def _sample(self, inputs: InstanceInputs, counts: list[int], settings: SamplingDefaults, generator, latents,
                 num_latent_tokens, output_type, extraction, postprocess, callback_on_step_end,
-                callback_on_step_end_tensor_inputs, return_dict, seed, pad):
+                callback_on_step_end_tensor_inputs, return_dict, seed, pad, plan: ControlPlan | None = None):
         """encode → timesteps → noise → denoising loop → meshes, for checked inputs and settings."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        cond_1, cond_2 = self.encode_condition(inputs.images, inputs.masks, inputs.scenes)
+        cond_1, cond_2, masks = self._encode_condition(inputs.images, inputs.masks, inputs.scenes)
+        regions = None
+        if plan is not None and plan.needs_image_regions():
+            regions = patch_regions(masks, self.image_encoder_2.config.patch_size, cond_2.shape[1]).to(cond_2.device)
         timings["encode"] = time.perf_counter() - start
         do_cfg = settings.guidance > 1.0
         if do_cfg:
             cond_1 = torch.cat([torch.zeros_like(cond_1), cond_1])
             cond_2 = torch.cat([torch.zeros_like(cond_2), cond_2])
+            regions = None if regions is None else torch.cat([regions, regions])
 
         start = time.perf_counter()
         self.scheduler.set_timesteps(settings.steps, device=self._execution_device)
         latents = self.prepare_latents(len(inputs.images), num_latent_tokens, generator, latents)
         attention_kwargs = {"num_instances": counts[0] if len(set(counts)) == 1 else counts}
-        for step, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+        timesteps = self.scheduler.timesteps
+        for step, t in enumerate(self.progress_bar(timesteps)):
+            if plan is not None:
+                attention_kwargs["control"] = plan.step(step, len(timesteps), float(t), regions)
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_output = self.transformer(model_input, t.expand(model_input.shape[0]), cond_1, cond_2,
                                             attention_kwargs=attention_kwargs).sample
@@ -552,6 +588,7 @@ class MIDIPipeline(DiffusionPipeline):
         if not return_dict:
             return (latents, meshes)
         used = {**settings.as_dict(), "seed": seed, "pad": pad, "mi_layers": list(self.transformer.mi_layers),
-                "extraction": extraction.method, "num_latent_tokens": int(latents.shape[1])}
+                "extraction": extraction.method, "num_latent_tokens": int(latents.shape[1]),
+                "control": None if plan is None else plan.config.to_data()}
         return MIDIPipelineOutput(latents=latents, meshes=meshes, instance_ids=inputs.ids,
                                   num_sdf_queries=queries, timings=timings, settings=used)

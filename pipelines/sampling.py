@@ -15,6 +15,7 @@ from typing import Any
 
 SAMPLING_KEY = "_midi3d_sampling"
 MI_LAYERS_KEY = "_midi3d_mi_layers"
+CONTROL_KEY = "_midi3d_control"  # the folder's instance control (midi3d.control.ControlConfig data)
 MIN_RESOLUTION = 8
 DEFAULT_SEED = 42  # the official demo's seed; sampling is seeded unless a caller passes a generator
 

@@ -14,6 +14,11 @@ Multi-instance attention lets every instance of a scene attend to the keys and v
 all instances of that scene. It is computed without repeating keys/values: the queries of
 one scene are viewed as a single sequence of ``N * L`` tokens and attend once to the
 scene's concatenated keys/values.
+
+Both processors that sit where instances meet (the MI self-attention and the DINOv2
+cross-attention) know their block index and take the step's instance controls
+(:class:`midi3d.control.StepControl`) as the ``control`` keyword; without it they compute
+exactly what they computed before controls existed.
 """
 
 from __future__ import annotations
@@ -103,6 +108,7 @@ class MIDIAttnProcessor:
         attention_mask: Tensor | None = None,
         num_instances: InstanceCounts | None = None,
         num_instances_per_batch: int | None = None,
+        control: object | None = None,
         **_: object,
     ) -> Tensor:
         q, k, v = split_heads_first(attn, hidden_states, encoder_hidden_states)
@@ -151,7 +157,12 @@ class MultiInstanceAttnProcessor:
 
     Each query row of a scene attends over the keys/values of all ``N`` rows of that scene
     (``N * L`` keys). Groups of equal size are batched into one attention call per size.
+    With a ``control``, block ``layer`` may attend per instance instead (grounding schedule,
+    isolation) or reweight own- vs other-instance keys (specialty tuning).
     """
+
+    def __init__(self, layer: int | None = None):
+        self.layer = layer
 
     def __call__(
         self,
@@ -161,6 +172,7 @@ class MultiInstanceAttnProcessor:
         attention_mask: Tensor | None = None,
         num_instances: InstanceCounts | None = None,
         num_instances_per_batch: int | None = None,
+        control: object | None = None,
         **_: object,
     ) -> Tensor:
         if encoder_hidden_states is not None:
@@ -172,9 +184,71 @@ class MultiInstanceAttnProcessor:
             )
         q, k, v = split_heads_first(attn, hidden_states, None)
         groups = instance_groups(q.shape[0], num_instances, num_instances_per_batch)
-        out = multi_instance_attention(q, k, v, groups)
+        rules = []
+        if control is not None:
+            if not control.instances_joint(self.layer):
+                groups = [1] * len(hidden_states)
+            else:
+                rules = control.reweights("instances", self.layer)
+        if rules:
+            out = reweighted_multi_instance_attention(q, k, v, groups, rules, control.plan.config.max_chunk_elements)
+        else:
+            out = multi_instance_attention(q, k, v, groups)
         del q, k, v  # release the projection buffer before the output projection
         return merge_heads(attn, out, hidden_states.dtype)
+
+
+class ConditionAttnProcessor(MIDIAttnProcessor):
+    """The DINOv2 cross-attention of block ``layer``: plain, or with a ``control``, masked to each
+    instance's own region of the condition (isolation) and/or reweighted towards or away from it."""
+
+    def __init__(self, layer: int | None = None):
+        self.layer = layer
+
+    def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
+                 attention_mask: Tensor | None = None, control: object | None = None, **kwargs: object) -> Tensor:
+        isolated = control is not None and control.image_isolated(self.layer)
+        rules = control.reweights("image", self.layer) if control is not None else []
+        if not (isolated or rules):
+            return super().__call__(attn, hidden_states, encoder_hidden_states)
+        regions = control.image_regions
+        if regions is None or regions.shape != (hidden_states.shape[0], encoder_hidden_states.shape[1]):
+            raise ValueError(f"image controls need image_regions [{hidden_states.shape[0]}, "
+                             f"{encoder_hidden_states.shape[1]}] (got {None if regions is None else tuple(regions.shape)})")
+        q, k, v = split_heads_first(attn, hidden_states, encoder_hidden_states)
+        regions = regions.to(q.device)
+        if rules:
+            from ..control.reweight import reweighted_attention, region_updates
+
+            out = torch.stack([reweighted_attention(q[b], k[b], v[b], region_updates(rules, regions[b]),
+                                                    regions[b] if isolated else None,
+                                                    control.plan.config.max_chunk_elements)
+                               for b in range(len(q))])
+        else:
+            mask = regions[:, None, None, :]  # [B, 1 (heads), 1 (queries), S]
+            out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                 attn_mask=mask).transpose(1, 2)
+        del q, k, v
+        return merge_heads(attn, out, hidden_states.dtype)
+
+
+def reweighted_multi_instance_attention(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[int], rules,
+                                        max_elements: int) -> Tensor:
+    """:func:`multi_instance_attention` with AST's reweighting of own- vs other-instance keys,
+    one scene at a time, in query chunks."""
+    from ..control.reweight import instance_updates, reweighted_attention
+
+    batch, length, heads, head_dim = q.shape
+    out = torch.empty_like(q)
+    start = 0
+    for size in groups:
+        rows = slice(start, start + size)
+        scene = [x[rows].reshape(size * length, heads, head_dim) for x in (q, k, v)]
+        updates = instance_updates(rules, size, length, q.device)
+        out[rows] = reweighted_attention(*scene, updates, max_elements=max_elements).reshape(size, length, heads,
+                                                                                          head_dim)
+        start += size
+    return out
 
 
 def multi_instance_attention(q: Tensor, k: Tensor, v: Tensor, groups: Sequence[int]) -> Tensor:

@@ -102,6 +102,16 @@ def resized_instances(clip_processor, dino_processor, images: Sequence[ImageLike
     return torch.cat(clip), torch.cat(dino), torch.cat(resized_masks)
 
 
+def patch_regions(masks: Tensor, patch_size: int, num_tokens: int) -> Tensor:
+    """Which DINOv2 tokens belong to each instance: ``[N, num_tokens]`` bool, the class token and
+    every patch with a mask pixel in it (the mask channel as the encoder sees it, ``[N, 1, h, w]``)."""
+    patches = F.max_pool2d(masks.float(), kernel_size=patch_size, stride=patch_size).flatten(1) > 0.5
+    if patches.shape[1] + 1 != num_tokens:
+        raise ValueError(f"{patches.shape[1]} patches of {patch_size} px and a class token do not make the "
+                         f"encoder's {num_tokens} tokens")
+    return torch.cat([torch.ones_like(patches[:, :1]), patches], dim=1)
+
+
 def dino_pixels(processor, images: Sequence[ImageLike], scenes: Sequence[ImageLike],
                 masks: Sequence[ImageLike]) -> Tensor:
     """Encoder-2 pixels ``[N, 7, h, w]``: instance RGB, scene RGB, mask (see :func:`mask_pixels`)."""

@@ -20,7 +20,7 @@ from diffusers.models.normalization import FP32LayerNorm
 from diffusers.utils import BaseOutput
 from torch import Tensor, nn
 
-from ..attention import MIDIAttnProcessor, MultiInstanceAttnProcessor
+from ..attention import ConditionAttnProcessor, MIDIAttnProcessor, MultiInstanceAttnProcessor
 from ..layer_spec import LayerSpec, parse_layer_list
 
 
@@ -81,7 +81,8 @@ class MIDIDiTBlock(nn.Module):
         kwargs = attention_kwargs or {}
         hidden_states = hidden_states + self.attn1(self.norm1(hidden_states), **kwargs)
         cross_1 = self.attn2(self.norm2(hidden_states), encoder_hidden_states=encoder_hidden_states)
-        cross_2 = self.attn2_2(self.norm2_2(hidden_states), encoder_hidden_states=encoder_hidden_states_2)
+        control = {"control": kwargs["control"]} if kwargs.get("control") is not None else {}
+        cross_2 = self.attn2_2(self.norm2_2(hidden_states), encoder_hidden_states=encoder_hidden_states_2, **control)
         hidden_states = hidden_states + cross_1 + cross_2
         return hidden_states + self.ff(self.norm3(hidden_states))
 
@@ -126,6 +127,8 @@ class MIDITransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             MIDIDiTBlock(width, num_attention_heads, cross_attention_dim, cross_attention_2_dim, use_skip=i > middle)
             for i in range(num_layers)
         )
+        for index, block in enumerate(self.blocks):  # the DINOv2 cross-attention takes image controls
+            block.attn2_2.set_processor(ConditionAttnProcessor(index))
         self.norm_out = nn.LayerNorm(width, eps=1e-5)
         self.proj_out = nn.Linear(width, in_channels)
         self.gradient_checkpointing = False
@@ -149,7 +152,7 @@ class MIDITransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         if chosen is None:
             chosen = default_mi_layers(self.config.num_layers)
         for index, block in enumerate(self.blocks):
-            block.attn1.set_processor(MultiInstanceAttnProcessor() if index in chosen else MIDIAttnProcessor())
+            block.attn1.set_processor(MultiInstanceAttnProcessor(index) if index in chosen else MIDIAttnProcessor())
         self._mi_layers = tuple(chosen)
 
     # -- forward ----------------------------------------------------------------------------
@@ -171,7 +174,8 @@ class MIDITransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             encoder_hidden_states: CLIP embeddings ``[B, S1, D1]``.
             encoder_hidden_states_2: DINOv2 tokens ``[B, S2, D2]``.
             attention_kwargs: ``{"num_instances": N or [n_s, ...], "num_instances_per_batch": P}``;
-                required when multi-instance layers are set.
+                required when multi-instance layers are set; ``"control"``: the step's
+                :class:`midi3d.control.StepControl` (optional).
         """
         if self._mi_layers and not (attention_kwargs and attention_kwargs.get("num_instances") is not None):
             raise ValueError("multi-instance layers are set: pass attention_kwargs={'num_instances': N}")
