@@ -202,6 +202,7 @@ def score_benchmark(data, keys: list[str], predictor: Predictor, out: Path, opti
             state.wait_for_everyone()
     if rank != 0:
         return None
-    summary = summarise(ResultLog(out).records(), keys, options.icp)
+    cap = getattr(getattr(data, "filter", None), "max_objects", None)
+    summary = summarise(ResultLog(out).records(), keys, options.icp, max_objects=cap)
     write_summary(out, summary)
     return summary

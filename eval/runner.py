@@ -166,6 +166,7 @@ def run(dataset, predictor: Predictor, out_dir: Path, options: EvalOptions, keys
         if previous is not None and (previous["status"] == "ok" or not retry_failed):
             continue
         start = time.perf_counter()
+        scene = None
         try:
             scene = dataset.load(index)
             predicted = predictor(scene)
@@ -173,6 +174,8 @@ def run(dataset, predictor: Predictor, out_dir: Path, options: EvalOptions, keys
             record = {"key": key, "status": "ok", "objects": len(scene.ids), **metrics}
         except Exception as err:  # every failure is recorded and counted, the run goes on
             record = {"key": key, "status": "failed", "error": f"{type(err).__name__}: {err}"}
+            if scene is not None:
+                record["objects"] = len(scene.ids)
         if visuals_dir is not None and record["status"] == "ok":
             from .visuals import save_scene_figure
 
@@ -187,8 +190,12 @@ def run(dataset, predictor: Predictor, out_dir: Path, options: EvalOptions, keys
             progress(key, record)
 
 
-def summarise(records: dict[str, dict], keys: list[str], icp: str) -> dict:
-    """Means over scored scenes (in key order), counts of scored and failed scenes."""
+BUCKETS = ((2, 4), (5, 7), (8, 12), (13, 24))  # objects per scene, for the IoU-B by scene density
+
+
+def summarise(records: dict[str, dict], keys: list[str], icp: str, max_objects: int | None = None) -> dict:
+    """Means over scored scenes (in key order), counts of scored and failed scenes, the object
+    cap (``max_objects``, 0 = none) and the IoU-B per object-count bucket (:data:`BUCKETS`)."""
     chosen = [records[k] for k in keys if k in records]
     ok = [r for r in chosen if r["status"] == "ok"]
     failed = [r for r in chosen if r["status"] != "ok"]
@@ -198,6 +205,13 @@ def summarise(records: dict[str, dict], keys: list[str], icp: str) -> dict:
     for key, _, _, _ in COLUMNS:
         summary[key] = float(np.mean([r[key] for r in ok])) if ok else math.nan
     summary["failures"] = {r["key"]: r["error"] for r in failed}
+    summary["max_objects"] = max_objects
+    summary["buckets"] = {}
+    for low, high in BUCKETS:
+        inside = [r for r in chosen if low <= r.get("objects", -1) <= high]
+        scored = [r["iou_bbox"] for r in inside if r["status"] == "ok"]
+        summary["buckets"][f"{low}-{high}"] = {"scenes": len(inside), "scored": len(scored),
+                                                "iou_bbox": float(np.mean(scored)) if scored else math.nan}
     return summary
 
 
@@ -221,6 +235,12 @@ def write_summary(out_dir: Path, summary: dict) -> None:
     markdown = [f"ICP: {summary['icp']} · scenes: {summary['scenes']} (scored {summary['scored']}, "
                 f"failed {summary['failed']}, missing {summary['missing']})", "",
                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(values) + " |"]
+    cap = summary.get("max_objects")
+    if cap is not None:
+        markdown += ["", f"Objects per scene: {f'at most {cap}' if cap else 'all'} (`--max-objects {cap}`). "
+                     "IoU-B by objects per scene:", "", "| objects | scenes | scored | IoU-B ↑ |", "|---|---|---|---|"]
+        markdown += [f"| {name} | {b['scenes']} | {b['scored']} | {_format(b['iou_bbox'])} |"
+                     for name, b in summary["buckets"].items()]
     if summary["failures"]:
         markdown += ["", "Failed scenes:", ""] + [f"- `{k}`: {v}" for k, v in sorted(summary["failures"].items())]
     write_atomic(out_dir / "summary.md", ("\n".join(markdown) + "\n").encode())

@@ -51,6 +51,9 @@ GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="Classifie
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="Noise seed.")]
 ResolutionOpt = Annotated[int | None, typer.Option("--resolution", help="Meshing grid (cells per axis, a power of "
                                                    "two); default: the model folder's (embedded 128, official 256).")]
+ControlOpt = Annotated[str | None, typer.Option("--control", help="Instance control: a YAML file or a preset "
+                                               "(neutral, grounding-0.3, ast-instances, ast-image, isolate-3dis; "
+                                               "see docs/control.md). Default: the model folder's, if any.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, …")]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Network dtype (float16 needs a GPU).")]
 ExtractOpt = Annotated[Extract, typer.Option("--extract", help="Mesh extraction: hierarchical, or dense (the "
@@ -123,6 +126,7 @@ def generate(
     mi_layers: str | None = typer.Option(None, "--mi-layers", help="Multi-instance blocks: 'default' (the "
                                          "folder's), 'all', 'none', '8-12', '8,9,10' or '1,4-6'."),
     pad: bool = typer.Option(False, "--pad", help="Official image padding around the objects."),
+    control: ControlOpt = None,
     latent_tokens: int | None = typer.Option(None, "--latent-tokens", min=1,
                                              help="Latent tokens per instance (default: the transformer width)."),
     device: DeviceOpt = "cpu",
@@ -158,12 +162,13 @@ def generate(
         if extract is Extract.hierarchical and smooth:
             raise InputError("--smooth applies to --extract dense only")
         _check_sampling(steps, guidance, resolution, mi_layers)
+        control_config = _read_control(control)
         torch_dtype = resolve_dtype(dtype.value, device)
         out, work = _plan_outputs(input, seg, output, fmt, overwrite, limits, trust_pickle, quiet)
     if work is None:
         return
     options = GenerateOptions(
-        steps=steps, guidance=guidance, seed=seed, pad=pad, num_latent_tokens=latent_tokens,
+        steps=steps, guidance=guidance, seed=seed, pad=pad, num_latent_tokens=latent_tokens, control=control_config,
         max_instances=max_instances, max_memory_gb=max_memory_gb,
         extraction=ExtractionOptions(method=extract.value, resolution=resolution, smooth=smooth),
         postprocess=None if no_postprocess else PostprocessConfig(target_faces=faces),
@@ -174,6 +179,13 @@ def generate(
         _generate_folder(pipe, work, options, limits, out, quiet)
     else:
         _generate_one(pipe, work, options, out, quiet)
+
+
+def _read_control(control: str | None):
+    """The ``--control`` settings (checked before any model loads), or ``None``."""
+    from .control import load_control
+
+    return load_control(control) if control is not None else None
 
 
 def _plan_outputs(input: Path, seg: Path | None, output: Path | None, fmt: str, overwrite: bool, limits,
@@ -324,6 +336,8 @@ def synth(
     image_size: int = typer.Option(512, "--image-size", min=32),
     surface_points: int = typer.Option(20480, "--surface-points", min=1, help="Surface samples stored per object."),
     frame: str = typer.Option("view", "--frame", help="Scene frame: 'view' (view 0 looks along -z) or 'world'."),
+    objects: str = typer.Option("2-10", "--objects", help="Objects per room, MIN-MAX (dense scenes: 8-24; "
+                                "rooms grow with the count beyond 10)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start an existing dataset in OUT again (a rerun "
                                    "with the same settings continues it; other settings are refused)."),
     quiet: QuietOpt = False,
@@ -339,8 +353,12 @@ def synth(
         _fail(f"{out}: exists and is not a folder")
     if frame not in ("view", "world"):
         _fail(f"--frame must be 'view' or 'world', got {frame!r}")
+    low, sep, high = objects.partition("-")
+    if not (sep and low.strip().isdigit() and high.strip().isdigit() and 1 <= int(low) <= int(high) <= 64):
+        _fail(f"--objects {objects!r}: expected MIN-MAX with 1 <= MIN <= MAX <= 64 (e.g. 8-24)")
     _require_writable(out)
-    config = SynthConfig(seed=seed, views=views, image_size=image_size, surface_points=surface_points, frame=frame)
+    config = SynthConfig(seed=seed, views=views, image_size=image_size, surface_points=surface_points, frame=frame,
+                         min_objects=int(low), max_objects=int(high))
     start = time.perf_counter()
     with progress_bar(total=scenes, desc="scenes", disable=quiet) as bar, _one_line_errors():
         generate_dataset(out, scenes, config, jobs=jobs or os.cpu_count() or 1,
@@ -451,6 +469,7 @@ def evaluate(
     seed: SeedOpt = DEFAULT_SEED,
     extract: ExtractOpt = Extract.hierarchical,
     resolution: ResolutionOpt = None,
+    control: ControlOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = DType.float32,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run scenes that failed before."),
@@ -476,10 +495,14 @@ def evaluate(
     if export_gt is not None:
         _export_ground_truth(data, keys, export_gt, quiet)
     with _one_line_errors():
-        predictor = _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, resolution)
-    identity = _run_identity(spec, pred_dir, model, dict(steps=steps, guidance=guidance, seed=seed,
-                                                          extract=extract.value, resolution=resolution,
-                                                          device=device, dtype=dtype.value))
+        control_config = _read_control(control)
+        predictor = _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, resolution,
+                               control_config)
+    sampling = dict(steps=steps, guidance=guidance, seed=seed, extract=extract.value, resolution=resolution,
+                    device=device, dtype=dtype.value)
+    if control_config is not None:  # a run with other controls is another run
+        sampling["control"] = control_config.to_data()
+    identity = _run_identity(spec, pred_dir, model, sampling)
     _score(data, keys, predictor, out, icp.value, points, seed, retry_failed, save_visuals, quiet, identity, overwrite)
 
 
@@ -503,7 +526,7 @@ def _export_ground_truth(data, keys, export_gt: Path, quiet: bool) -> None:
     raise typer.Exit(EXIT_SCENES_FAILED if failures else 0)
 
 
-def _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, resolution):
+def _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, resolution, control=None):
     from .eval.benchmark import files_predictor, model_predictor
     from .pipelines.loading import load_pipeline, resolve_dtype
     from .pipelines.pipeline_midi import ExtractionOptions
@@ -513,7 +536,7 @@ def _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, r
         return files_predictor(pred_dir)
     _check_sampling(steps, guidance, resolution, None)
     pipe = load_pipeline(model, resolve_dtype(dtype.value, device), device, quiet=True)
-    options = GenerateOptions(steps=steps, guidance=guidance, seed=seed, postprocess=None,
+    options = GenerateOptions(steps=steps, guidance=guidance, seed=seed, postprocess=None, control=control,
                               extraction=ExtractionOptions(method=extract.value, resolution=resolution))
     return model_predictor(pipe, options)
 
@@ -549,7 +572,9 @@ def _score(data, keys, predictor, out: Path, icp: str, points: int, seed: int, r
         return
     if not quiet:
         header, values = summary_rows(summary)
-        console.print(f"ICP {icp}: " + ", ".join(f"{h} {v}" for h, v in zip(header, values)), highlight=False)
+        cap = summary.get("max_objects")
+        objects = "" if cap is None else f", objects per scene {'<= ' + str(cap) if cap else 'all'}"
+        console.print(f"ICP {icp}{objects}: " + ", ".join(f"{h} {v}" for h, v in zip(header, values)), highlight=False)
         console.print(f"summary: {out / 'summary.md'}", highlight=False)
     if summary["failed"]:
         raise typer.Exit(EXIT_SCENES_FAILED)

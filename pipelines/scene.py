@@ -14,6 +14,7 @@ import numpy as np
 import trimesh
 
 from ..colours import instance_colour
+from ..control.config import ControlConfig
 from ..geometry.postprocess import PostprocessConfig
 from ..io.errors import InputError
 from ..io.files import write_atomic
@@ -51,6 +52,7 @@ class GenerateOptions:
     seed: int = DEFAULT_SEED
     pad: bool = False
     mi_layers: LayerSpec = None  # None: as set on the pipeline (its folder's layers)
+    control: ControlConfig | None = None  # None: the folder's instance control, if it records one
     num_latent_tokens: int | None = None
     max_instances: int = DEFAULT_MAX_INSTANCES
     max_memory_gb: float = DEFAULT_BUDGET_GB
@@ -79,7 +81,7 @@ def generate_scene(pipe: MIDIPipeline, scene: SceneInputs, options: GenerateOpti
     """Generate all instances of ``scene`` jointly (one pipeline call); meshes share the scene frame."""
     options = options or GenerateOptions()
     result = pipe(scene.rgb, scene.labels, num_inference_steps=options.steps, guidance_scale=options.guidance,
-                  seed=options.seed, pad=options.pad, mi_layers=options.mi_layers,
+                  seed=options.seed, pad=options.pad, mi_layers=options.mi_layers, control=options.control,
                   num_latent_tokens=options.num_latent_tokens,
                   extraction=options.extraction, postprocess=options.postprocess,
                   max_instances=options.max_instances, max_memory_gb=options.max_memory_gb)

@@ -98,7 +98,8 @@ def _one_line(err: ValidationError, source: str) -> str:
     if first["type"] == "extra_forbidden":
         message = "unknown key"
     got = "" if first["type"] == "missing" else f" (got {first.get('input')!r})"
-    return f"{source}: {key}: {message}{got}"
+    more = f"; {len(err.errors()) - 1} more problem(s)" if len(err.errors()) > 1 else ""
+    return f"{source}: {key}: {message}{got}{more}"
 
 
 def control_from_data(data: object, source: str) -> ControlConfig:

@@ -85,14 +85,15 @@ def _random_colour(rng: np.random.Generator) -> tuple[float, float, float]:
 
 
 def layout_scene(rng: np.random.Generator, config: SynthConfig) -> list[SceneObject]:
-    """Place 2–10 objects without overlap; returns them in the normalised scene frame."""
+    """Place ``min_objects``–``max_objects`` objects without overlap; returns them in the normalised
+    scene frame. Rooms of more than 10 objects grow (side ∝ sqrt(count / 10)) so that they fit."""
     count = int(rng.integers(config.min_objects, config.max_objects + 1))
-    room = rng.uniform(3.0, 5.0)
+    room = rng.uniform(3.0, 5.0) * max(1.0, (count / 10) ** 0.5)
     kinds = list(FLOOR_FURNITURE)
     placed: list[SceneObject] = []
     boxes: list[np.ndarray] = []
     attempts = 0
-    while len(placed) < count and attempts < 400:
+    while len(placed) < count and attempts < max(400, 40 * count):
         attempts += 1
         supports = [o for o in placed if o.kind in SUPPORTS]
         stack = supports and rng.uniform() < config.stack_probability
