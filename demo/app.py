@@ -1,7 +1,7 @@
 """The Gradio page. Thin: every action calls :mod:`.backend` and shows its errors in the page.
 
 API endpoints (``gradio_client``): ``/segment`` (image, mode, label map, points, boxes → label
-map, overlay, ids, count), ``/generate`` (image, label map, steps, guidance, seed, layers → viewer,
+map, overlay, ids, count), ``/generate`` (image, label map, steps, guidance, seed, layers, control → viewer,
 scene GLB, objects zip, summary).
 """
 
@@ -81,12 +81,13 @@ def _handlers(backend: DemoBackend, config: DemoConfig) -> SimpleNamespace:
         x0, y0 = pending
         return points, f"{boxes}; {min(x0, x)},{min(y0, y)},{max(x0, x)},{max(y0, y)}".strip("; "), None
 
-    def generate(image_path, label_file, steps, guidance, seed, layers, request: gr.Request,
+    def generate(image_path, label_file, steps, guidance, seed, layers, control="default", request: gr.Request = None,
                  progress=gr.Progress(track_tqdm=True)):  # shows the pipeline's step bars
         rgb = load_scene_image(image_path, config.limits)
         labels = load_label_upload(label_file, rgb.shape[:2], config.limits) if label_file else None
         progress(0.0, desc="generating")
-        scene, objects, summary = backend.generate(_session(request), rgb, labels, steps, guidance, seed, layers)
+        scene, objects, summary = backend.generate(_session(request), rgb, labels, steps, guidance, seed, layers,
+                                                   control)
         return str(scene), str(scene), str(objects), summary
 
     def release(request: gr.Request):
@@ -127,6 +128,7 @@ def _instances_column(gr, ui: SimpleNamespace) -> None:
 
 def _generation_block(gr, ui: SimpleNamespace, defaults) -> None:
     """Advanced settings (the model folder's defaults), the button, the viewer and downloads."""
+    from ..control import control_presets
     from .backend import MAX_STEPS
 
     with gr.Accordion("Advanced", open=False), gr.Row():
@@ -134,6 +136,8 @@ def _generation_block(gr, ui: SimpleNamespace, defaults) -> None:
         ui.guidance = gr.Slider(1.0, 15.0, value=defaults.guidance, step=0.5, label="Guidance")
         ui.seed = gr.Number(DEFAULT_SEED, precision=0, label="Seed")
         ui.layers = gr.Textbox("default", label="Multi-instance layers (default, all, none, 2-6, 1,3, …)")
+        ui.control = gr.Dropdown(["default", *control_presets()], value="default",
+                                 label="Instance control (default: the model folder's; see docs/control.md)")
     ui.generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
     ui.status = gr.Markdown("", elem_id="status")
     with gr.Row():
@@ -155,7 +159,7 @@ def _wire(ui: SimpleNamespace, on: SimpleNamespace, labels_state, pending_corner
     ui.remove_button.click(on.remove, [ui.image_file, labels_state, ui.selected], label_outputs, api_name=False)
     ui.merge_button.click(on.merge, [ui.image_file, labels_state, ui.selected], label_outputs, api_name=False)
     ui.generate_button.click(on.generate, [ui.image_file, ui.current_labels, ui.steps, ui.guidance, ui.seed,
-                                           ui.layers],
+                                           ui.layers, ui.control],
                              [ui.viewer, ui.scene_download, ui.objects_download, ui.status], api_name="generate",
                              concurrency_limit=1, concurrency_id="generate")
 

@@ -162,8 +162,10 @@ class DemoBackend:
             self.folders.release(f"{session}-seg")
 
     def generate(self, session: str, rgb: np.ndarray, labels: np.ndarray, steps: int, guidance: float, seed: int,
-                 layers: str):
-        """One generation for ``session`` (serialised): scene GLB, objects zip, summary line."""
+                 layers: str, control: str = "default"):
+        """One generation for ``session`` (serialised): scene GLB, objects zip, summary line.
+        ``control``: a preset name of :mod:`midi3d.control`, or ``"default"`` (the folder's)."""
+        from ..control import control_presets, load_control
         from ..models.layer_spec import check_layer_spec
         from ..pipelines.pipeline_midi import ExtractionOptions
         from ..pipelines.scene import GenerateOptions
@@ -176,7 +178,11 @@ class DemoBackend:
             check_layer_spec(layers or "default")
         except ValueError as err:
             raise InputError(f"multi-instance layers: {err}") from None
+        control = control or "default"
+        if control != "default" and control not in control_presets():  # presets only: no server paths
+            raise InputError(f"instance control {control!r}: choose default or one of {', '.join(control_presets())}")
         options = GenerateOptions(steps=int(steps), guidance=float(guidance), seed=int(seed),
+                                  control=None if control == "default" else load_control(control),
                                   mi_layers=layers or "default", max_instances=self.config.limits.max_instances,
                                   extraction=ExtractionOptions(resolution=self.config.resolution))
         pipe = self.pipe

@@ -62,12 +62,12 @@ def _client(server):
     return Client(server["url"], verbose=False)
 
 
-def _generate(client, rgb: Path, seg: Path, seed: int = 42):
+def _generate(client, rgb: Path, seg: Path, seed: int = 42, control: str = "default"):
     from gradio_client import handle_file
 
     label_file, _, _, count = client.predict(handle_file(str(rgb)), "label map", handle_file(str(seg)), "", "",
                                                 api_name="/segment")
-    return count, client.predict(handle_file(str(rgb)), handle_file(label_file), 2, 3.0, seed, "default",
+    return count, client.predict(handle_file(str(rgb)), handle_file(label_file), 2, 3.0, seed, "default", control,
                                  api_name="/generate")
 
 
@@ -83,6 +83,22 @@ def test_gradio_client_segments_and_generates(server, example):
     with zipfile.ZipFile(objects_zip) as archive:
         assert sorted(archive.namelist()) == [f"instance_{i}.glb" for i in range(1, 6)]
     assert summary.startswith("5/5 instances")
+
+
+def test_the_advanced_fold_applies_an_instance_control_preset(server, example):
+    from gradio_client import handle_file
+
+    client = _client(server)
+    _, (_, plain, _, _) = _generate(client, *example, seed=5)
+    _, (_, grounded, _, summary) = _generate(client, *example, seed=5, control="grounding-0.3")
+    assert summary.startswith("5/5 instances")
+    assert Path(plain).read_bytes() != Path(grounded).read_bytes()  # the control reached the pipeline
+    rgb, seg = example
+    label_file = client.predict(handle_file(str(rgb)), "label map", handle_file(str(seg)), "", "",
+                                api_name="/segment")[0]
+    with pytest.raises(Exception, match="not in the list of choices"):  # presets only: no server paths
+        client.predict(handle_file(str(rgb)), handle_file(label_file), 2, 3.0, 5, "default", "/etc/passwd",
+                       api_name="/generate")
 
 
 def test_two_clients_at_once_get_their_own_results(server, example, tmp_path):

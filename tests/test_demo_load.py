@@ -85,7 +85,7 @@ def test_concurrent_clients_are_answered_or_told_the_queue_is_full(demo_server, 
     def request(k: int, seed: int):
         client, label_file, _ = clients[k]
         return client.predict(handle_file(str(rgb)), handle_file(label_file), 2, 3.0, seed, "default",
-                              api_name="/generate")
+                              "default", api_name="/generate")
 
     for k in range(CLIENTS):  # warm-up: one result per session, so that the baseline holds them
         request(k, 0)
