@@ -40,7 +40,8 @@ from ..control.schedule import ControlPlan
 from ..models.image_encoders import (build_image_processor, dino_channels, encode_clip, encode_dino, normalised_pixels,
                                      patch_regions, resized_instances, resized_scenes)
 from ..models.layer_spec import LayerSpec, is_default, parse_layer_list
-from ..models.transformers.midi_transformer import MIDITransformer
+from ..models.layout_tokens import mask_boxes
+from ..models.transformers.midi_transformer import LAYOUT_TOKENS_KEY, MIDITransformer
 from ..schedulers.rectified_flow import RectifiedFlowScheduler
 from .memory import DEFAULT_BUDGET_GB
 from .memory import estimate as estimate_memory
@@ -111,6 +112,8 @@ def _load_diffusers_model(cls):
         try:
             with torch.device("meta"):
                 model = cls.from_config(config)
+                if config.get(LAYOUT_TOKENS_KEY) is True and hasattr(model, "enable_layout_tokens"):
+                    model.enable_layout_tokens()  # its weights are then required, strictly
         except Exception as err:  # any failure of an unusable config is this folder's problem
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise CheckpointError(f"{folder / 'config.json'}: invalid {cls.__name__} config ({first})") from None
@@ -300,6 +303,8 @@ class MIDIPipeline(DiffusionPipeline):
             model = getattr(self, name)
             config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
             config.update(_class_name=model.official_class_name, _diffusers_version=diffusers.__version__)
+            if getattr(model, "has_layout_tokens", False):
+                config[LAYOUT_TOKENS_KEY] = True
             write_json(folder / name / "config.json", config)
             save_weights(model, folder / name, "diffusion_pytorch_model")
             index[name] = [model.official_module, model.official_class_name]
@@ -555,6 +560,10 @@ class MIDIPipeline(DiffusionPipeline):
             cond_1 = torch.cat([torch.zeros_like(cond_1), cond_1])
             cond_2 = torch.cat([torch.zeros_like(cond_2), cond_2])
             regions = None if regions is None else torch.cat([regions, regions])
+        layout = None
+        if self.transformer.has_layout_tokens:  # the unconditional half gets no layout, as in training
+            layout = mask_boxes(masks).to(cond_2.device)
+            layout = torch.cat([torch.zeros_like(layout), layout]) if do_cfg else layout
 
         start = time.perf_counter()
         self.scheduler.set_timesteps(settings.steps, device=self._execution_device)
@@ -566,7 +575,7 @@ class MIDIPipeline(DiffusionPipeline):
                 attention_kwargs["control"] = plan.step(step, len(timesteps), float(t), regions)
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_output = self.transformer(model_input, t.expand(model_input.shape[0]), cond_1, cond_2,
-                                            attention_kwargs=attention_kwargs).sample
+                                            attention_kwargs=attention_kwargs, layout=layout).sample
             velocity = model_output
             if do_cfg:
                 uncond, cond = model_output.chunk(2)

@@ -310,3 +310,30 @@ def test_layout_loss_trains_a_head_that_is_never_shipped(data_root, spec_file, t
     assert not any("layout" in name for name in load_file(str(shipped)))
     with pytest.raises(ValueError, match="box_loss_weight"):
         _task("dit", data_root, spec_file, tmp_path, box_loss_weight=1.0, train_encoders=False)
+
+
+def test_layout_tokens_train_from_scratch_and_with_lora(data_root, spec_file, tmp_path):
+    from midi3d.models.lora import load_lora
+    from midi3d.pipelines.pipeline_midi import MIDIPipeline
+
+    config = dit_config(spec_file, layout_tokens=True, ema_decay=0.0, lr=5e-2, max_steps=3, mixed_probability=0.0)
+    run_training(config, data_root, tmp_path / "full", cache_dir=tmp_path / "cache", quiet=True)
+    trained = MIDIPipeline.from_pretrained(tmp_path / "full" / "final" / "pipeline")
+    assert trained.transformer.has_layout_tokens  # the folder records them and loads them strictly
+    assert trained.transformer.layout_encoder.net[-1].weight.abs().max() > 0  # moved off its zero init
+
+    base = tmp_path / "base"
+    build_pipeline(PipelineSpec.from_yaml(spec_file)).save_pretrained(base)
+    config = dit_config(spec_file, layout_tokens=True, lora={"rank": 4, "alpha": 4}, train_encoders=False,
+                        ema_decay=0.0, lr=5e-2, max_steps=3, mixed_probability=0.0)
+    run_training(config, data_root, tmp_path / "lora", init=base, cache_dir=tmp_path / "cache", quiet=True)
+    adapter = tmp_path / "lora" / "final" / "adapter"
+    assert (adapter / "layout_tokens.safetensors").is_file()
+    pipe = MIDIPipeline.from_pretrained(base)
+    assert not pipe.transformer.has_layout_tokens
+    load_lora(pipe.transformer, adapter)
+    assert pipe.transformer.has_layout_tokens and pipe.transformer.layout_encoder.net[-1].weight.abs().max() > 0
+    frozen = MIDIPipeline.from_pretrained(base).transformer.state_dict()
+    same = {k: torch.equal(v, frozen[k]) for k, v in pipe.transformer.state_dict().items()
+            if k in frozen and "lora_" not in k and "base_layer" not in k}
+    assert same and all(same.values())  # LoRA training left the base weights as they were

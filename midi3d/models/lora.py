@@ -17,6 +17,7 @@ from .checkpoint import CheckpointError, read_json
 
 ADAPTER_NAME = "default"
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+LAYOUT_FILE = "layout_tokens.safetensors"  # the layout-token encoder trained with the adapter, if any
 CONFIG_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "init_lora_weights")
 
 
@@ -47,8 +48,12 @@ def save_lora(transformer: torch.nn.Module, folder: str | Path, adapter_name: st
     config = transformer.peft_config[adapter_name].to_dict()
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items() if k in CONFIG_KEYS}
     state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(transformer, adapter_name=adapter_name).items()}
+    encoder = getattr(transformer, "layout_encoder", None)
+
     def fill(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_FILE))
+        if encoder is not None:
+            save_file({k: v.detach().contiguous() for k, v in encoder.state_dict().items()}, str(tmp / LAYOUT_FILE))
         write_atomic(tmp / CONFIG_FILE, (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
 
     write_folder_atomic(folder, fill)
@@ -89,4 +94,17 @@ def load_lora(transformer: torch.nn.Module, folder: str | Path, adapter_name: st
     if len(state) != len(added):
         raise CheckpointError(f"{weights}: {len(state)} adapter tensors for {len(added)} adapter parameters")
     transformer.set_adapters([adapter_name], [scale])
+    if (folder / LAYOUT_FILE).is_file():
+        _load_layout_tokens(transformer, folder / LAYOUT_FILE)
     transformer.requires_grad_(False)
+
+
+def _load_layout_tokens(transformer: torch.nn.Module, path: Path) -> None:
+    """The adapter's layout-token encoder (strict), added to the transformer if it has none."""
+    from safetensors.torch import load_file
+
+    transformer.enable_layout_tokens()
+    try:
+        transformer.layout_encoder.load_state_dict(load_file(str(path)), strict=True)
+    except (RuntimeError, OSError) as err:
+        raise CheckpointError(f"{path}: layout tokens do not fit this transformer ({str(err).splitlines()[0]})") from err

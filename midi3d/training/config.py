@@ -117,6 +117,7 @@ class DiTTrainConfig(TrainConfig):
     lora: LoRASettings | None = None       # set: LoRA fine-tuning of the transformer only
     box_loss_weight: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0  # > 0: auxiliary layout loss
                                            # (a training-only head regresses each instance's 3D box)
+    layout_tokens: bool = False            # add (or keep training) the layout-token encoder; it trains with LoRA too
 
     @field_validator("mi_layers")
     @classmethod

@@ -23,6 +23,7 @@ from torch import nn
 
 from ..models.checkpoint import save_tensors_atomic
 from ..models.image_encoders import dino_channels, encode_clip, encode_dino, normalised_pixels
+from ..models.layout_tokens import mask_boxes
 from .cache import TrainingCache
 from .config import DiTTrainConfig
 
@@ -117,9 +118,12 @@ class DiTLoss(nn.Module):
         cond_1, cond_2 = cond_1 * keep.to(cond_1.dtype), cond_2 * keep.to(cond_2.dtype)
         x0, noise, sigma = batch["x0"], batch["noise"], batch["sigma"]
         noisy = (1 - sigma[:, None, None]) * x0 + sigma[:, None, None] * noise
+        layout = batch.get("layout")
+        if layout is not None:  # dropped with the condition, as the unconditional branch at inference
+            layout = layout * keep[:, 0]
         velocity = self.transformer(noisy, sigma * 1000, cond_1.to(self.transformer.dtype),
                                     cond_2.to(self.transformer.dtype),
-                                    attention_kwargs={"num_instances": batch["counts"]}).sample
+                                    attention_kwargs={"num_instances": batch["counts"]}, layout=layout).sample
         loss = F.mse_loss(velocity.float(), (x0 - noise).float())
         logs["flow"] = loss.detach()
         if box_loss is not None:
@@ -137,6 +141,8 @@ class DiTTask:
         self.latent_mean, self.latent_std = latents
         pipe.vae.requires_grad_(False)
         pipe.set_multi_instance_layers(config.mi_layers)
+        if config.layout_tokens:
+            pipe.transformer.enable_layout_tokens()  # zero output layer: training starts from the model as it is
         if config.lora is not None:
             from ..models.lora import add_lora
 
@@ -144,6 +150,8 @@ class DiTTask:
             add_lora(pipe.transformer, config.lora)
         else:
             pipe.transformer.requires_grad_(True)
+        if pipe.transformer.has_layout_tokens:
+            pipe.transformer.layout_encoder.requires_grad_(config.layout_tokens or config.lora is None)
         for encoder in (pipe.image_encoder_1, pipe.image_encoder_2):
             encoder.requires_grad_(config.train_encoders and config.lora is None)
             encoder.train(config.train_encoders and config.lora is None)
@@ -184,7 +192,10 @@ class DiTTask:
         sigma = torch.sigmoid(torch.randn(len(counts), generator=generator)).repeat_interleave(per_scene)
         keep = (torch.rand(len(counts), generator=generator) >= self.config.condition_drop).float()
         clip, dino = self.encoder_pixels(rows)
-        return {"clip_pixels": clip.to(device), "dino_pixels": dino.to(device),
+        layout = {}
+        if self.pipe.transformer.has_layout_tokens:
+            layout["layout"] = mask_boxes(self.cache.instance_masks[rows]).to(device)
+        return {**layout, "clip_pixels": clip.to(device), "dino_pixels": dino.to(device),
                 "x0": x0.to(device), "noise": noise.to(device), "sigma": sigma.to(device),
                 "keep": keep.repeat_interleave(per_scene).to(device), "counts": counts, "single": single,
                 **({"boxes": self.boxes[objects].to(device)} if self.boxes is not None else {})}

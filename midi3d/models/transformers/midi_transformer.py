@@ -22,6 +22,9 @@ from torch import Tensor, nn
 
 from ..attention import ConditionAttnProcessor, MIDIAttnProcessor, MultiInstanceAttnProcessor
 from ..layer_spec import LayerSpec, parse_layer_list
+from ..layout_tokens import LayoutTokenEncoder
+
+LAYOUT_TOKENS_KEY = "_midi3d_layout_tokens"  # in the transformer's config.json; official loaders skip "_" keys
 
 
 def default_mi_layers(num_layers: int) -> list[int]:
@@ -133,6 +136,21 @@ class MIDITransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         self.proj_out = nn.Linear(width, in_channels)
         self.gradient_checkpointing = False
         self._mi_layers: tuple[int, ...] = ()
+        self.layout_encoder: LayoutTokenEncoder | None = None
+
+    # -- layout tokens -----------------------------------------------------------------------
+
+    @property
+    def has_layout_tokens(self) -> bool:
+        return self.layout_encoder is not None
+
+    def enable_layout_tokens(self) -> None:
+        """Add the layout-token encoder (:mod:`midi3d.models.layout_tokens`), zero-initialised: the
+        model's outputs are unchanged until it is trained. Recorded in the folder when saved."""
+        if self.layout_encoder is None:
+            width = self.config.width
+            self.layout_encoder = LayoutTokenEncoder(width).to(device=self.proj_in.weight.device,
+                                                             dtype=self.proj_in.weight.dtype)
 
     # -- multi-instance configuration -------------------------------------------------------
 
@@ -165,6 +183,7 @@ class MIDITransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
         encoder_hidden_states_2: Tensor,
         attention_kwargs: dict | None = None,
         return_dict: bool = True,
+        layout: Tensor | None = None,
     ) -> MIDITransformerOutput | tuple[Tensor]:
         """Predict the velocity.
 
@@ -176,6 +195,8 @@ class MIDITransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             attention_kwargs: ``{"num_instances": N or [n_s, ...], "num_instances_per_batch": P}``;
                 required when multi-instance layers are set; ``"control"``: the step's
                 :class:`midi3d.control.StepControl` (optional).
+            layout: ``[B, 5]`` instance boxes and areas (:func:`~midi3d.models.layout_tokens.mask_boxes`);
+                required with layout tokens, refused without.
         """
         if self._mi_layers and not (attention_kwargs and attention_kwargs.get("num_instances") is not None):
             raise ValueError("multi-instance layers are set: pass attention_kwargs={'num_instances': N}")
@@ -185,6 +206,12 @@ class MIDITransformer(ModelMixin, ConfigMixin, PeftAdapterMixin):
             timestep = timestep.expand(batch)
         time_emb = self.time_embed(timestep).to(hidden_states.dtype)
         time_token = self.time_proj(time_emb).unsqueeze(1)
+        if self.layout_encoder is not None:
+            if layout is None:
+                raise ValueError("this transformer has layout tokens: pass layout=[B, 5] boxes (mask_boxes)")
+            time_token = time_token + self.layout_encoder(layout.to(time_token.device))[:, None].to(time_token.dtype)
+        elif layout is not None:
+            raise ValueError("layout given but this transformer has no layout tokens (enable_layout_tokens)")
         hidden = torch.cat([time_token, self.proj_in(hidden_states)], dim=1)
 
         middle = self.config.num_layers // 2
