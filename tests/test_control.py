@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from conftest import BUNDLED, SHARED
-from midi3d.control import ControlConfig, StepControl, active_steps, load_control
+from midi3d.control import ControlConfig, active_steps, load_control
 from midi3d.control.reweight import reweighted_attention, specialty_update
 from midi3d.control.schedule import ControlPlan
 from midi3d.models import attention as attention_module

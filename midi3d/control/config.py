@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..io.configfile import read_yaml
+from ..io.configfile import read_yaml, validation_message
 from ..models.layer_spec import check_layer_spec
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
@@ -91,17 +91,6 @@ class ControlConfig(_Strict):
         return self.model_dump(mode="json")
 
 
-def _one_line(err: ValidationError, source: str) -> str:
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "control"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    got = "" if first["type"] == "missing" else f" (got {first.get('input')!r})"
-    more = f"; {len(err.errors()) - 1} more problem(s)" if len(err.errors()) > 1 else ""
-    return f"{source}: {key}: {message}{got}{more}"
-
-
 def control_from_data(data: object, source: str) -> ControlConfig:
     """A validated config from plain data; ``ValueError`` with one line naming the key otherwise."""
     if not isinstance(data, dict):
@@ -109,7 +98,7 @@ def control_from_data(data: object, source: str) -> ControlConfig:
     try:
         return ControlConfig.model_validate(data)
     except ValidationError as err:
-        raise ValueError(_one_line(err, source)) from None
+        raise ValueError(validation_message(err, source)) from None
 
 
 def _preset_folder():

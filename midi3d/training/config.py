@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..io.configfile import read_yaml
+from ..io.configfile import read_yaml, validation_message
 from ..models.layer_spec import check_layer_spec
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -135,18 +135,6 @@ class DiTTrainConfig(TrainConfig):
 CONFIG_CLASSES = {"vae": VAETrainConfig, "dit": DiTTrainConfig}
 
 
-def _one_line(err: ValidationError, source: str) -> str:
-    """The first problem of a validation error as ``SOURCE: key: message (got VALUE)``."""
-    first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "config"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    got = "" if first["type"] == "missing" else f" (got {first.get('input')!r})"
-    more = f"; {len(err.errors()) - 1} more problem(s)" if len(err.errors()) > 1 else ""
-    return f"{source}: {key}: {message}{got}{more}"
-
-
 def build_config(data: dict, source: str) -> TrainConfig:
     """A validated config from plain data; ``ValueError`` with one line naming the key otherwise."""
     kind = data.get("kind")
@@ -155,7 +143,7 @@ def build_config(data: dict, source: str) -> TrainConfig:
     try:
         return CONFIG_CLASSES[kind].model_validate(data)
     except ValidationError as err:
-        raise ValueError(_one_line(err, source)) from None
+        raise ValueError(validation_message(err, source)) from None
 
 
 def builtin_config_path(name: str) -> Path | None:
