@@ -17,7 +17,9 @@ for control in "$@"; do
     name=$(basename "$control" .yaml)
     if [[ -f $out_root/$name/summary.json ]]; then echo "$name: done already"; continue; fi
     start=$(date +%s)
+    status=0
     "$midi3d" eval --dataset 3dfront --root "$root" --test-size "$test_size" --out "$out_root/$name" --icp none \
-        --steps 25 --control "$control" -q "${extra[@]}" || true   # exit 1 = some scenes failed: still a result
+        --steps 25 --control "$control" -q "${extra[@]}" || status=$?
+    if (( status > 1 )); then echo "$name: eval failed (exit $status)" >&2; exit "$status"; fi  # 1 = some scenes failed
     echo "$name: $(( $(date +%s) - start )) s"
 done

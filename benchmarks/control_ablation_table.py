@@ -11,6 +11,11 @@ import json
 from pathlib import Path
 
 
+def _buckets(summary: dict) -> list[tuple[str, dict]]:
+    """The object-count buckets in numeric order (summary.json stores them sorted as text)."""
+    return sorted(summary.get("buckets", {}).items(), key=lambda item: int(item[0].split("-")[0]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path)
@@ -19,7 +24,7 @@ def main() -> None:
     summaries = sorted(args.root.glob("*/summary.json"))
     header = ["control", "CD-S ↓", "F-Score-S ↑", "CD-O ↓", "F-Score-O ↑", "IoU-B ↑", "failed", "s/scene"]
     if args.buckets and summaries:
-        header += [f"IoU-B {name}" for name in json.loads(summaries[0].read_text()).get("buckets", {})]
+        header += [f"IoU-B {name}" for name, _ in _buckets(json.loads(summaries[0].read_text()))]
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for path in summaries:
         s = json.loads(path.read_text())
@@ -27,7 +32,7 @@ def main() -> None:
                f"{100 * s['object_fscore']:.2f}", f"{s['iou_bbox']:.3f}", f"{s['failed']}/{s['scenes']}",
                f"{s['seconds_per_scene']:.2f}"]
         if args.buckets:
-            row += [f"{b['iou_bbox']:.3f} ({b['scored']})" for b in s.get("buckets", {}).values()]
+            row += [f"{b['iou_bbox']:.3f} ({b['scored']})" for _, b in _buckets(s)]
         print("| " + " | ".join(row) + " |")
 
 
