@@ -149,6 +149,7 @@ def generate(
     quiet: QuietOpt = False,
 ) -> None:
     """Generate a 3D scene (one mesh per instance) from an image and its instance label map."""
+    from .control import load_control
     from .geometry.postprocess import PostprocessConfig
     from .io.errors import InputError
     from .pipelines.batch import ReadLimits
@@ -162,7 +163,7 @@ def generate(
         if extract is Extract.hierarchical and smooth:
             raise InputError("--smooth applies to --extract dense only")
         _check_sampling(steps, guidance, resolution, mi_layers)
-        control_config = _read_control(control)
+        control_config = load_control(control)  # checked before any model loads
         torch_dtype = resolve_dtype(dtype.value, device)
         out, work = _plan_outputs(input, seg, output, fmt, overwrite, limits, trust_pickle, quiet)
     if work is None:
@@ -179,13 +180,6 @@ def generate(
         _generate_folder(pipe, work, options, limits, out, quiet)
     else:
         _generate_one(pipe, work, options, out, quiet)
-
-
-def _read_control(control: str | None):
-    """The ``--control`` settings (checked before any model loads), or ``None``."""
-    from .control import load_control
-
-    return load_control(control) if control is not None else None
 
 
 def _plan_outputs(input: Path, seg: Path | None, output: Path | None, fmt: str, overwrite: bool, limits,
@@ -480,6 +474,7 @@ def evaluate(
     quiet: QuietOpt = False,
 ) -> None:
     """Score a method on 3D-Front or BlendSwap (CD, F-Score, IoU-B at scene and object level)."""
+    from .control import load_control
     from .eval.benchmark import BenchmarkSpec, clean_outputs, open_benchmark
 
     _setup_logging(quiet)
@@ -495,7 +490,7 @@ def evaluate(
     if export_gt is not None:
         _export_ground_truth(data, keys, export_gt, quiet)
     with _one_line_errors():
-        control_config = _read_control(control)
+        control_config = load_control(control)
         predictor = _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, resolution,
                                control_config)
     sampling = dict(steps=steps, guidance=guidance, seed=seed, extract=extract.value, resolution=resolution,

@@ -81,11 +81,6 @@ class ControlConfig(_Strict):
 
     _layers = field_validator("grounding_layers")(classmethod(lambda cls, value: _check_layers(value)))
 
-    @property
-    def is_neutral(self) -> bool:
-        """No control at all (processors take today's path)."""
-        return self.grounding_ratio == 1.0 and not self.reweight and not self.isolation
-
     def to_data(self) -> dict:
         """Plain data (for ``model_index.json``, summaries and YAML)."""
         return self.model_dump(mode="json")

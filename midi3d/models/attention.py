@@ -100,6 +100,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 class MIDIAttnProcessor:
     """Plain attention with the heads-first split and QK norm (per-sequence)."""
 
+    def __init__(self, layer: int | None = None):
+        self.layer = layer  # the block index (used by the subclasses that take controls)
+
     def __call__(
         self,
         attn,
@@ -201,9 +204,6 @@ class MultiInstanceAttnProcessor:
 class ConditionAttnProcessor(MIDIAttnProcessor):
     """The DINOv2 cross-attention of block ``layer``: plain, or with a ``control``, masked to each
     instance's own region of the condition (isolation) and/or reweighted towards or away from it."""
-
-    def __init__(self, layer: int | None = None):
-        self.layer = layer
 
     def __call__(self, attn, hidden_states: Tensor, encoder_hidden_states: Tensor | None = None,
                  attention_mask: Tensor | None = None, control: object | None = None, **kwargs: object) -> Tensor:

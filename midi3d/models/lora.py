@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from ..io.files import write_atomic, write_folder_atomic
-from .checkpoint import CheckpointError, read_json
+from .checkpoint import CheckpointError, load_weights_strict, read_json, save_weights
 
 ADAPTER_NAME = "default"
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
-LAYOUT_FILE = "layout_tokens.safetensors"  # the layout-token encoder trained with the adapter, if any
+LAYOUT_STEM = "layout_tokens"  # <stem>.safetensors: the layout-token encoder trained with the adapter, if any
 CONFIG_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "init_lora_weights")
 
 
@@ -53,7 +53,7 @@ def save_lora(transformer: torch.nn.Module, folder: str | Path, adapter_name: st
     def fill(tmp: Path) -> None:
         save_file(state, str(tmp / WEIGHTS_FILE))
         if encoder is not None:
-            save_file({k: v.detach().contiguous() for k, v in encoder.state_dict().items()}, str(tmp / LAYOUT_FILE))
+            save_weights(encoder, tmp, LAYOUT_STEM)
         write_atomic(tmp / CONFIG_FILE, (json.dumps(config, indent=1, sort_keys=True) + "\n").encode())
 
     write_folder_atomic(folder, fill)
@@ -94,17 +94,7 @@ def load_lora(transformer: torch.nn.Module, folder: str | Path, adapter_name: st
     if len(state) != len(added):
         raise CheckpointError(f"{weights}: {len(state)} adapter tensors for {len(added)} adapter parameters")
     transformer.set_adapters([adapter_name], [scale])
-    if (folder / LAYOUT_FILE).is_file():
-        _load_layout_tokens(transformer, folder / LAYOUT_FILE)
+    if (folder / f"{LAYOUT_STEM}.safetensors").is_file():  # added if the transformer has none; strict
+        transformer.enable_layout_tokens()
+        load_weights_strict(transformer.layout_encoder, folder, LAYOUT_STEM, transformer.proj_in.weight.dtype)
     transformer.requires_grad_(False)
-
-
-def _load_layout_tokens(transformer: torch.nn.Module, path: Path) -> None:
-    """The adapter's layout-token encoder (strict), added to the transformer if it has none."""
-    from safetensors.torch import load_file
-
-    transformer.enable_layout_tokens()
-    try:
-        transformer.layout_encoder.load_state_dict(load_file(str(path)), strict=True)
-    except (RuntimeError, OSError) as err:
-        raise CheckpointError(f"{path}: layout tokens do not fit this transformer ({str(err).splitlines()[0]})") from err

@@ -158,6 +158,9 @@ class DiTTask:
         pipe.transformer.gradient_checkpointing = config.gradient_checkpointing
         head = None
         self.boxes = None
+        self.layouts = None  # per cached instance, for the layout tokens: their masks never change
+        if pipe.transformer.has_layout_tokens:
+            self.layouts = mask_boxes(cache.instance_masks)
         if config.box_loss_weight > 0:  # the config checked that the encoders train
             self.boxes = object_boxes(cache.surface)
             with torch.random.fork_rng(devices=[]):  # a seeded head, global RNG left as it was
@@ -192,9 +195,7 @@ class DiTTask:
         sigma = torch.sigmoid(torch.randn(len(counts), generator=generator)).repeat_interleave(per_scene)
         keep = (torch.rand(len(counts), generator=generator) >= self.config.condition_drop).float()
         clip, dino = self.encoder_pixels(rows)
-        layout = {}
-        if self.pipe.transformer.has_layout_tokens:
-            layout["layout"] = mask_boxes(self.cache.instance_masks[rows]).to(device)
+        layout = {"layout": self.layouts[rows].to(device)} if self.layouts is not None else {}
         return {**layout, "clip_pixels": clip.to(device), "dino_pixels": dino.to(device),
                 "x0": x0.to(device), "noise": noise.to(device), "sigma": sigma.to(device),
                 "keep": keep.repeat_interleave(per_scene).to(device), "counts": counts, "single": single,
