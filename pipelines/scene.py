@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import trimesh
 
 from ..colours import instance_colour
 from ..control.config import ControlConfig
+from ..geometry.camera import PinholeCamera
 from ..geometry.postprocess import PostprocessConfig
 from ..io.errors import InputError
 from ..io.files import write_atomic
@@ -24,6 +26,9 @@ from ..models.layer_spec import LayerSpec
 from .memory import DEFAULT_BUDGET_GB
 from .pipeline_midi import ExtractionOptions, MIDIPipeline, MIDIPipelineOutput
 from .sampling import DEFAULT_SEED
+
+if TYPE_CHECKING:
+    from .alignment import SceneAlignment
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +96,11 @@ def generate_scene(pipe: MIDIPipeline, scene: SceneInputs, options: GenerateOpti
     return result
 
 
-def build_scene(ids: list[int], meshes: list[trimesh.Trimesh | None]) -> trimesh.Scene:
-    """A ``trimesh.Scene`` with one node ``instance_<id>`` per instance that has a mesh."""
+def build_scene(ids: list[int], meshes: list[trimesh.Trimesh | None], keep_visuals: bool = False,
+                camera: PinholeCamera | None = None, metadata: dict | None = None) -> trimesh.Scene:
+    """A ``trimesh.Scene`` with one node ``instance_<id>`` per instance that has a mesh, coloured
+    with the instance palette (or keeping the meshes' own textures / vertex colours), and the
+    ``camera`` as a glTF camera node ``camera`` when given."""
     scene = trimesh.Scene()
     empty = []
     for index, (instance_id, mesh) in enumerate(zip(ids, meshes)):
@@ -100,26 +108,49 @@ def build_scene(ids: list[int], meshes: list[trimesh.Trimesh | None]) -> trimesh
             empty.append(instance_id)
             continue
         coloured = mesh.copy()
-        coloured.visual = trimesh.visual.ColorVisuals(coloured, vertex_colors=np.tile(instance_colour(index),
-                                                                                      (len(coloured.vertices), 1)))
+        if not keep_visuals:
+            coloured.visual = trimesh.visual.ColorVisuals(
+                coloured, vertex_colors=np.tile(instance_colour(index), (len(coloured.vertices), 1)))
         name = f"instance_{instance_id}"
         scene.add_geometry(coloured, node_name=name, geom_name=name)
     scene.metadata["midi3d_instance_ids"] = list(ids)
     scene.metadata["midi3d_empty_instance_ids"] = empty
+    if camera is not None and scene.geometry:
+        scene.camera = trimesh.scene.Camera(name="camera", resolution=(camera.width, camera.height),
+                                            focal=(camera.focal, camera.focal))
+        scene.camera_transform = camera.pose_gl()
+        scene.metadata["midi3d_camera"] = camera.to_dict()
+    scene.metadata.update(metadata or {})
     return scene
 
 
-def export_scene(result: MIDIPipelineOutput, path: str | Path) -> Path:
-    """Write the scene as GLB, OBJ or PLY (by suffix), atomically."""
+def _fix_camera_aspect(tree: dict) -> None:
+    """trimesh writes the ratio of the field-of-view angles as ``aspectRatio``; glTF wants width / height."""
+    extras = (tree.get("scenes") or [{}])[0].get("extras") or {}
+    camera = extras.get("midi3d_camera")
+    if camera and tree.get("cameras"):
+        width, height = camera["image_size"]
+        tree["cameras"][0]["perspective"]["aspectRatio"] = width / height
+
+
+def export_scene(result: MIDIPipelineOutput, path: str | Path, alignment: SceneAlignment | None = None) -> Path:
+    """Write the scene as GLB, OBJ or PLY (by suffix), atomically; with ``alignment`` the meshes
+    carry its colours, the GLB its camera and the metadata the per-instance reprojection IoU."""
     path = Path(path)
     file_type = path.suffix.lower().lstrip(".")
     if file_type not in EXPORT_FORMATS:
         raise InputError(f"{path}: unsupported output format {path.suffix!r} (use .glb, .obj or .ply)")
-    scene = build_scene(result.instance_ids, result.meshes or [])
+    if alignment is None:
+        scene = build_scene(result.instance_ids, result.meshes or [])
+    else:
+        scene = build_scene(result.instance_ids, alignment.meshes, keep_visuals=alignment.textured,
+                            camera=alignment.camera, metadata=alignment.metadata())
     if not scene.geometry:
         raise InputError(f"{path}: no instance produced a surface; nothing to write")
     if file_type == "ply":
         data = trimesh.util.concatenate(list(scene.dump())).export(file_type="ply")
+    elif file_type == "glb":
+        data = scene.export(file_type="glb", tree_postprocessor=_fix_camera_aspect)
     else:
         data = scene.export(file_type=file_type)
     write_atomic(path, data if isinstance(data, bytes) else data.encode())
