@@ -144,6 +144,13 @@ def generate(
                                    help="Folder mode: regenerate scenes whose output already exists."),
     lora: Path | None = typer.Option(None, "--lora", help="LoRA adapter folder (from midi3d train) to apply."),
     lora_scale: float = typer.Option(1.0, "--lora-scale", help="Strength of the LoRA adapter."),
+    texture: str = typer.Option("project", "--texture", help="Colour from the photo through the estimated camera: "
+                                "project (baked texture; OBJ/PLY get vertex colours), vertex, or none (instance "
+                                "colours). Falls back to instance colours with a warning."),
+    camera: bool = typer.Option(True, "--camera/--no-camera", help="Estimate the camera that lines the scene up "
+                                "with the photo (a glTF camera node; needed by --texture and --overlay)."),
+    overlay: bool = typer.Option(False, "--overlay", help="Also write <output>_overlay.png: photo | rendered "
+                                 "instances | blend."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle",
                                       help="Allow pickled .bin/.ckpt weights (loaded with weights_only=True)."),
     quiet: QuietOpt = False,
@@ -152,7 +159,7 @@ def generate(
     from .control import load_control
     from .geometry.postprocess import PostprocessConfig
     from .io.errors import InputError
-    from .pipelines.batch import ReadLimits
+    from .pipelines.batch import AlignOptions, ReadLimits
     from .pipelines.loading import load_pipeline, resolve_dtype
     from .pipelines.pipeline_midi import ExtractionOptions
     from .pipelines.scene import GenerateOptions
@@ -164,6 +171,7 @@ def generate(
             raise InputError("--smooth applies to --extract dense only")
         _check_sampling(steps, guidance, resolution, mi_layers)
         control_config = load_control(control)  # checked before any model loads
+        align = AlignOptions(camera=camera, texture=texture, overlay=overlay)
         torch_dtype = resolve_dtype(dtype.value, device)
         out, work = _plan_outputs(input, seg, output, fmt, overwrite, limits, trust_pickle, quiet)
     if work is None:
@@ -177,9 +185,9 @@ def generate(
     with _one_line_errors():
         pipe = load_pipeline(model, torch_dtype, device, mi_layers, trust_pickle, lora, lora_scale, quiet)
     if input.is_dir():
-        _generate_folder(pipe, work, options, limits, out, quiet)
+        _generate_folder(pipe, work, options, limits, out, quiet, align)
     else:
-        _generate_one(pipe, work, options, out, quiet)
+        _generate_one(pipe, work, options, out, quiet, align)
 
 
 def _plan_outputs(input: Path, seg: Path | None, output: Path | None, fmt: str, overwrite: bool, limits,
@@ -211,17 +219,17 @@ def _plan_outputs(input: Path, seg: Path | None, output: Path | None, fmt: str, 
     return out, plan
 
 
-def _generate_one(pipe, scene, options, out: Path, quiet: bool) -> None:
+def _generate_one(pipe, scene, options, out: Path, quiet: bool, align) -> None:
     from .pipelines.batch import generate_file, summary_line
 
     start = time.perf_counter()
     with _one_line_errors():  # an OutputError leaves nothing under out
-        result = generate_file(pipe, scene, options, out)
+        result = generate_file(pipe, scene, options, out, align)
     if not quiet:
         console.print(summary_line(out, result, time.perf_counter() - start), highlight=False)
 
 
-def _generate_folder(pipe, plan, options, limits, out: Path, quiet: bool) -> None:
+def _generate_folder(pipe, plan, options, limits, out: Path, quiet: bool, align) -> None:
     from .pipelines.batch import generate_folder, summary_line
     from .progress import progress_bar, say
 
@@ -234,7 +242,7 @@ def _generate_folder(pipe, plan, options, limits, out: Path, quiet: bool) -> Non
                 say(summary_line(pair.output, result, seconds))
 
         with _one_line_errors():
-            report = generate_folder(pipe, plan, options, limits, on_scene=done)
+            report = generate_folder(pipe, plan, options, limits, on_scene=done, align=align)
     if not quiet:
         err_console.print(f"{len(report.written)}/{len(plan.todo)} scenes written to {out}", highlight=False)
     if report.failed:

@@ -8,11 +8,13 @@ error (a full disk or a read-only folder would fail every later scene too).
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..io.errors import InputError, OutputError
 from ..io.images import DEFAULT_MAX_PIXELS, load_rgb
@@ -20,6 +22,9 @@ from ..io.labelmap import DEFAULT_MAX_INSTANCES
 from ..io.paths import child_path
 from .pipeline_midi import MIDIPipeline, MIDIPipelineOutput
 from .scene import EXPORT_FORMATS, GenerateOptions, SceneInputs, export_scene, generate_scene, load_scene
+
+if TYPE_CHECKING:
+    from .alignment import SceneAlignment
 
 logger = logging.getLogger(__name__)
 
@@ -91,19 +96,76 @@ def read_single_scene(image: Path, seg: Path | None, limits: ReadLimits, allow_p
     return SceneInputs(rgb, labels, name=image.stem)
 
 
-def generate_file(pipe: MIDIPipeline, scene: SceneInputs, options: GenerateOptions, output: Path
-                  ) -> MIDIPipelineOutput:
-    """Generate one scene and write it (atomically) to ``output``."""
+@dataclass(frozen=True)
+class AlignOptions:
+    """The step after generation (:mod:`.alignment`): estimate the camera (written into a GLB and
+    needed by textures and the overlay), colour from the photo, write an overlay picture."""
+
+    camera: bool = True
+    texture: str = "project"  # project | vertex | none
+    overlay: bool = False  # write <output stem>_overlay.png (photo | rendered | blend)
+
+    def __post_init__(self):
+        from .alignment import TEXTURE_CHOICES
+
+        if self.texture not in TEXTURE_CHOICES:
+            raise InputError(f"--texture {self.texture}: use one of {', '.join(TEXTURE_CHOICES)}")
+        if not self.camera and (self.texture != "none" or self.overlay):
+            raise InputError("textures and the overlay need the camera: drop --no-camera or use --texture none")
+
+
+NO_ALIGNMENT = AlignOptions(camera=False, texture="none")
+
+
+def align_output(scene: SceneInputs, result: MIDIPipelineOutput, align: AlignOptions, output: Path
+                 ) -> SceneAlignment | None:
+    """Run the alignment step for one written-to-be scene; ``None`` (with a warning) when the camera
+    cannot be estimated, so that the untextured scene is still written. Timings go into ``result``."""
+    from .alignment import align_scene
+
+    if not align.camera or not result.meshes:
+        return None
+    texture = align.texture
+    if texture == "project" and output.suffix.lower() != ".glb":
+        texture = "vertex"  # a baked texture needs GLB; OBJ and PLY carry vertex colours
+    try:
+        alignment = align_scene(scene, result, texture)
+    except InputError as error:
+        logger.warning("%s: %s; the untextured scene is written without a camera", scene.name, error)
+        return None
+    for warning in alignment.warnings:
+        logger.warning("%s", warning)
+    result.timings.update(alignment.seconds)
+    return alignment
+
+
+def generate_file(pipe: MIDIPipeline, scene: SceneInputs, options: GenerateOptions, output: Path,
+                  align: AlignOptions = NO_ALIGNMENT) -> MIDIPipelineOutput:
+    """Generate one scene, align and colour it as ``align`` says, and write it (atomically) to
+    ``output`` (and its overlay next to it)."""
+    from PIL import Image
+
+    from ..io.files import write_atomic
+
     result = generate_scene(pipe, scene, options)
-    export_scene(result, output)
+    alignment = align_output(scene, result, align, output)
+    export_scene(result, output, alignment)
+    if alignment is not None and align.overlay:
+        buffer = io.BytesIO()
+        Image.fromarray(alignment.overlay(scene.rgb)).save(buffer, format="PNG")
+        write_atomic(overlay_path(output), buffer.getvalue())
     return result
+
+
+def overlay_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}_overlay.png")
 
 
 SceneDone = Callable[[ScenePair, "MIDIPipelineOutput | None", str | None, float], None]
 
 
 def generate_folder(pipe: MIDIPipeline, plan: FolderPlan, options: GenerateOptions, limits: ReadLimits,
-                    on_scene: SceneDone | None = None) -> FolderReport:
+                    on_scene: SceneDone | None = None, align: AlignOptions = NO_ALIGNMENT) -> FolderReport:
     """Generate every pair of ``plan``; ``on_scene(pair, result, error, seconds)`` after each.
 
     Raises :class:`OutputError` (with the count written so far) when an output cannot be written.
@@ -115,7 +177,7 @@ def generate_folder(pipe: MIDIPipeline, plan: FolderPlan, options: GenerateOptio
         try:
             scene = load_scene(pair.image, pair.labels, max_instances=limits.max_instances,
                                max_pixels=limits.max_pixels)
-            result = generate_file(pipe, scene, options, pair.output)
+            result = generate_file(pipe, scene, options, pair.output, align)
             report.written.append(pair.output)
         except OutputError as err:
             raise OutputError(f"{err}; stopped after {len(report.written)} scene(s) (rerun to continue)") from None

@@ -38,10 +38,10 @@ class CameraFitOptions:
     views: int = 64  # viewing directions of the multi-start (Fibonacci sphere)
     rolls: int = 8  # rolls about each viewing direction
     fov_deg: float = 50.0  # starting field of view (long side)
-    refine: int = 4  # best starts refined on sampled surface points
+    refine: int = 3  # best starts refined on sampled surface points
     polish: int = 2  # best refined cameras aligned on rendered outlines
-    samples_per_instance: int = 1000
-    mask_samples_per_instance: int = 400
+    samples_per_instance: int = 600
+    mask_samples_per_instance: int = 300
     fix_focal: float | None = None  # pixels at the full image size: keep the focal length fixed
     principal: tuple[float, float] | None = None  # pixels at the full image size; None: the centre
     initial: PinholeCamera | None = None  # a guess, refined alongside the multi-start
@@ -378,7 +378,7 @@ def _apply(camera: PinholeCamera, step: np.ndarray, depth: float) -> PinholeCame
                          camera.width, camera.height, camera.principal)
 
 
-def _refine(problem: _Problem, camera: PinholeCamera, fix_focal: bool, iterations: int = 40,
+def _refine(problem: _Problem, camera: PinholeCamera, fix_focal: bool, iterations: int = 25,
             robust: float = 0.02) -> tuple[PinholeCamera, float]:
     """Levenberg–Marquardt on the coverage and containment residuals (Huber-weighted); returns
     the camera and its cost."""

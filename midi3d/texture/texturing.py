@@ -21,7 +21,7 @@ class TextureOptions:
     """``project``: a baked base-colour texture on xatlas UVs; ``vertex``: vertex colours."""
 
     mode: str = "project"
-    max_faces: int = 4000  # the textured copy of a denser mesh is decimated to this (project mode)
+    max_faces: int = 2000  # the textured copy of a denser mesh is decimated to this (project mode)
     texels_per_pixel: float = 1.0  # atlas density relative to the photo's pixels on the object
     max_size: int = 2048
 
