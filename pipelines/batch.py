@@ -130,8 +130,9 @@ def align_output(scene: SceneInputs, result: MIDIPipelineOutput, align: AlignOpt
         texture = "vertex"  # a baked texture needs GLB; OBJ and PLY carry vertex colours
     try:
         alignment = align_scene(scene, result, texture)
-    except InputError as error:
-        logger.warning("%s: %s; the untextured scene is written without a camera", scene.name, error)
+    except Exception as error:  # noqa: BLE001 - best effort: the untextured scene is written regardless
+        reason = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
+        logger.warning("%s: no camera (%s); the scene is written untextured and without a camera", scene.name, reason)
         return None
     for warning in alignment.warnings:
         logger.warning("%s", warning)

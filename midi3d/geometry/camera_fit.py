@@ -42,6 +42,7 @@ class CameraFitOptions:
     polish: int = 2  # best refined cameras aligned on rendered outlines
     samples_per_instance: int = 600
     mask_samples_per_instance: int = 300
+    min_mask_pixels: int = 4  # smaller masks (at the working size) are scored but do not steer the fit
     fix_focal: float | None = None  # pixels at the full image size: keep the focal length fixed
     principal: tuple[float, float] | None = None  # pixels at the full image size; None: the centre
     initial: PinholeCamera | None = None  # a guess, refined alongside the multi-start
@@ -434,7 +435,8 @@ def estimate_camera(meshes: list[trimesh.Trimesh | None], labels: np.ndarray, id
         reason = "no instance has a surface" if len(missing) == len(ids) else \
             "no instance with a surface has a mask pixel at the working size"
         raise InputError(f"camera estimation: {reason}")
-    problem = _Problem([meshes[k] for k in usable], [small == ids[k] for k in usable], options)
+    steering = [k for k in usable if (small == ids[k]).sum() >= options.min_mask_pixels] or usable
+    problem = _Problem([meshes[k] for k in steering], [small == ids[k] for k in steering], options)
     small_height, small_width = small.shape
     principal = None if options.principal is None else (options.principal[0] * small_width / width,
                                                          options.principal[1] * small_height / height)
@@ -450,7 +452,7 @@ def estimate_camera(meshes: list[trimesh.Trimesh | None], labels: np.ndarray, id
               for i in order]
     if options.initial is not None:
         starts.append(options.initial.resized(small_width, small_height))
-    raycaster = InstanceRaycaster([meshes[k] for k in usable])
+    raycaster = InstanceRaycaster([meshes[k] for k in steering])
     fix_focal = options.fix_focal is not None
     refined = sorted((_refine(problem, start, fix_focal) for start in starts), key=lambda pair: pair[1])
     best, best_iou = None, -1.0
@@ -459,7 +461,7 @@ def estimate_camera(meshes: list[trimesh.Trimesh | None], labels: np.ndarray, id
         if iou > best_iou:
             best, best_iou = polished, iou
     camera = best.resized(width, height)
-    full_ious = silhouette_ious(raycaster.render_ids(camera),
+    full_ious = silhouette_ious(InstanceRaycaster([meshes[k] for k in usable]).render_ids(camera),
                                 [labels == ids[k] for k in usable])
     ious: list[float | None] = [None] * len(ids)
     for position, k in enumerate(usable):

@@ -9,18 +9,27 @@ import trimesh
 from ..geometry.camera import InstanceRaycaster, PinholeCamera
 
 
-def bilinear(image: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Sample ``image [H, W, C]`` at pixel coordinates ``uv [N, 2]`` (pixel centres at ``+0.5``)."""
+def bilinear(image: np.ndarray, uv: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Sample ``image [H, W, C]`` at pixel coordinates ``uv [N, 2]`` (pixel centres at ``+0.5``);
+    with ``mask [H, W]``, only the neighbours on the mask count (no colour bleeds in from outside)."""
     height, width = image.shape[:2]
     x = np.clip(uv[:, 0] - 0.5, 0, width - 1)
     y = np.clip(uv[:, 1] - 0.5, 0, height - 1)
     x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
     x1, y1 = np.minimum(x0 + 1, width - 1), np.minimum(y0 + 1, height - 1)
-    fx, fy = (x - x0)[:, None], (y - y0)[:, None]
+    fx, fy = x - x0, y - y0
     image = image.astype(np.float64)
-    top = image[y0, x0] * (1 - fx) + image[y0, x1] * fx
-    bottom = image[y1, x0] * (1 - fx) + image[y1, x1] * fx
-    return top * (1 - fy) + bottom * fy
+    total = np.zeros((len(uv), image.shape[2]))
+    weight_sum = np.zeros(len(uv))
+    for rows, cols, weight in ((y0, x0, (1 - fx) * (1 - fy)), (y0, x1, fx * (1 - fy)),
+                               (y1, x0, (1 - fx) * fy), (y1, x1, fx * fy)):
+        if mask is not None:
+            weight = weight * mask[rows, cols]
+        total += image[rows, cols] * weight[:, None]
+        weight_sum += weight
+    nearest = image[np.clip(np.floor(uv[:, 1]).astype(int), 0, height - 1),
+                    np.clip(np.floor(uv[:, 0]).astype(int), 0, width - 1)]
+    return np.where(weight_sum[:, None] > 1e-9, total / np.maximum(weight_sum, 1e-9)[:, None], nearest)
 
 
 def visible_colours(points: np.ndarray, instance: int, camera: PinholeCamera, raycaster: InstanceRaycaster,
@@ -49,7 +58,7 @@ def visible_colours(points: np.ndarray, instance: int, camera: PinholeCamera, ra
         visible[candidates] = (hits.ids == instance + 1) & (np.abs(hits.distance - distance) <= tolerance)
     colours = np.zeros((len(points), 3))
     if visible.any():
-        colours[visible] = bilinear(rgb, uv[visible])
+        colours[visible] = bilinear(rgb, uv[visible], labels == label)
     return colours, visible
 
 
