@@ -50,6 +50,8 @@ def open_benchmark(spec: BenchmarkSpec):
         if spec.dataset == "3dfront":
             data = DATASETS["3dfront"](spec.root, views=spec.views, test_size=spec.test_size,
                                        object_filter=object_filter, points=spec.points)
+        elif spec.dataset == "pairs":
+            data = DATASETS["pairs"](spec.root, object_filter=object_filter)
         else:
             data = DATASETS[spec.dataset](spec.root, object_filter=object_filter, points=spec.points)
     except FileNotFoundError as err:
@@ -107,6 +109,7 @@ def claim_results_folder(out: Path, identity: dict, overwrite: bool = False) -> 
         for stale in [*logs, *(out / name for name in ("summary.md", "summary.csv", "summary.json"))]:
             stale.unlink(missing_ok=True)
         shutil.rmtree(out / "visuals", ignore_errors=True)  # figures of the earlier run
+        shutil.rmtree(out / "reprojection", ignore_errors=True)
     elif path.is_file():
         try:
             recorded = json.loads(path.read_text())
@@ -193,11 +196,13 @@ def score_benchmark(data, keys: list[str], predictor: Predictor, out: Path, opti
     rank, world, state = process_group()
     with folder_lock(out, "midi3d eval") if rank == 0 else contextlib.nullcontext():
         if rank == 0 and identity is not None:
-            claim_results_folder(out, {**identity, "icp": options.icp, "seed": options.seed}, overwrite)
+            extra = {"reprojection": True} if options.reprojection else {}
+            claim_results_folder(out, {**identity, "icp": options.icp, "seed": options.seed, **extra}, overwrite)
         if state is not None:
             state.wait_for_everyone()
         run(data, predictor, out, options, keys=keys, rank=rank, world=world, retry_failed=retry_failed,
-            progress=on_scene, visuals_dir=out / "visuals" if save_visuals else None)
+            progress=on_scene, visuals_dir=out / "visuals" if save_visuals else None,
+            reprojection_dir=out / "reprojection")
         if state is not None:
             state.wait_for_everyone()
     if rank != 0:

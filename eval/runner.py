@@ -44,6 +44,7 @@ class EvalOptions:
     icp: str = "official"
     points: int = 20480
     seed: int = 42
+    reprojection: bool = False  # also score silhouettes at the estimated camera (always without 3D GT)
 
 
 def sample_points(mesh: trimesh.Trimesh, count: int, seed: int) -> np.ndarray:
@@ -99,6 +100,9 @@ def _well_formed(record) -> bool:
         return False
     if record["status"] == "failed":
         return isinstance(record.get("error"), str)
+    if record.get("kind") == "reprojection":  # a scene without 3D ground truth
+        return isinstance(record.get("reprojection_iou"), (int, float)) and isinstance(record.get("seconds"),
+                                                                                      (int, float))
     return all(isinstance(record.get(k), (int, float)) for k, *_ in COLUMNS) and isinstance(record.get("seconds"),
                                                                                           (int, float))
 
@@ -150,10 +154,13 @@ class ResultLog:
 
 def run(dataset, predictor: Predictor, out_dir: Path, options: EvalOptions, keys: Iterable[str] | None = None,
         rank: int = 0, world: int = 1, retry_failed: bool = False,
-        progress: Callable[[str, dict], None] | None = None, visuals_dir: Path | None = None) -> None:
+        progress: Callable[[str, dict], None] | None = None, visuals_dir: Path | None = None,
+        reprojection_dir: Path | None = None) -> None:
     """Score this rank's share of ``dataset`` (optionally only ``keys``), skipping finished scenes.
 
-    With ``visuals_dir``, a figure per scored scene is written there (see :mod:`.visuals`).
+    With ``visuals_dir``, a figure per scored scene is written there (see :mod:`.visuals`); with
+    ``options.reprojection`` (always for scenes without 3D ground truth) the reprojection score
+    is added, and its sheet written to ``reprojection_dir`` when given.
     """
     log = ResultLog(out_dir, rank)
     finished = log.records()
@@ -170,8 +177,13 @@ def run(dataset, predictor: Predictor, out_dir: Path, options: EvalOptions, keys
         try:
             scene = dataset.load(index)
             predicted = predictor(scene)
-            metrics = score(scene, predicted, options)
+            has_truth = bool(scene.gt_points)
+            metrics = score(scene, predicted, options) if has_truth else {}
             record = {"key": key, "status": "ok", "objects": len(scene.ids), **metrics}
+            if not has_truth:
+                record["kind"] = "reprojection"
+            if options.reprojection or not has_truth:
+                record.update(_reprojection(scene, predicted, reprojection_dir, key, required=not has_truth))
         except Exception as err:  # every failure is recorded and counted, the run goes on
             record = {"key": key, "status": "failed", "error": f"{type(err).__name__}: {err}"}
             if scene is not None:
@@ -190,6 +202,20 @@ def run(dataset, predictor: Predictor, out_dir: Path, options: EvalOptions, keys
             progress(key, record)
 
 
+def _reprojection(scene: EvalScene, predicted: dict[int, trimesh.Trimesh], sheets: Path | None, key: str,
+                  required: bool) -> dict:
+    """The reprojection fields of a record; a failure fails the scene only when it is all there is."""
+    from .reprojection import reprojection_scores
+
+    sheet = child_path(sheets, f"{key}.png", key) if sheets is not None else None
+    try:
+        return reprojection_scores(scene.rgb, scene.labels, scene.ids, predicted, sheet)
+    except Exception as err:
+        if required:
+            raise
+        return {"reprojection_error": f"{type(err).__name__}: {err}"}
+
+
 BUCKETS = ((2, 4), (5, 7), (8, 12), (13, 24))  # objects per scene, for the IoU-B by scene density
 
 
@@ -203,13 +229,17 @@ def summarise(records: dict[str, dict], keys: list[str], icp: str, max_objects: 
                "missing": len(keys) - len(chosen),
                "seconds_per_scene": float(np.mean([r["seconds"] for r in ok])) if ok else math.nan}
     for key, _, _, _ in COLUMNS:
-        summary[key] = float(np.mean([r[key] for r in ok])) if ok else math.nan
+        values = [r[key] for r in ok if key in r]
+        summary[key] = float(np.mean(values)) if values else math.nan
+    reprojected = [r["reprojection_iou"] for r in ok if "reprojection_iou" in r]
+    summary["reprojection_scored"] = len(reprojected)
+    summary["reprojection_iou"] = float(np.mean(reprojected)) if reprojected else math.nan
     summary["failures"] = {r["key"]: r["error"] for r in failed}
     summary["max_objects"] = max_objects
     summary["buckets"] = {}
     for low, high in BUCKETS:
         inside = [r for r in chosen if low <= r.get("objects", -1) <= high]
-        scored = [r["iou_bbox"] for r in inside if r["status"] == "ok"]
+        scored = [r["iou_bbox"] for r in inside if r["status"] == "ok" and "iou_bbox" in r]
         summary["buckets"][f"{low}-{high}"] = {"scenes": len(inside), "scored": len(scored),
                                                 "iou_bbox": float(np.mean(scored)) if scored else math.nan}
     return summary
@@ -220,10 +250,19 @@ def _format(value: float) -> str:
     return f"{value:.4f}" if value == 0 or abs(value) >= 1e-3 or math.isnan(value) else f"{value:.2e}"
 
 
+def _has_3d(summary: dict) -> bool:
+    """Whether any scene was scored against 3D ground truth (not only by reprojection)."""
+    return any(not math.isnan(summary.get(key, math.nan)) for key, *_ in COLUMNS)
+
+
 def summary_rows(summary: dict) -> tuple[list[str], list[str]]:
     """Header and values of the paper's table (F-scores in percent)."""
-    header = [f"{title} {'↑' if better else '↓'}" for _, title, _, better in COLUMNS]
-    values = [_format(summary[key] * scale) for key, _, scale, _ in COLUMNS]
+    columns = COLUMNS if _has_3d(summary) or not summary.get("reprojection_scored") else []
+    header = [f"{title} {'↑' if better else '↓'}" for _, title, _, better in columns]
+    values = [_format(summary[key] * scale) for key, _, scale, _ in columns]
+    if summary.get("reprojection_scored"):
+        header.append("Reproj-IoU ↑")
+        values.append(_format(summary["reprojection_iou"]))
     header += ["s/scene", "scored", "failed"]
     values += [f"{summary['seconds_per_scene']:.2f}", str(summary["scored"]), str(summary["failed"])]
     return header, values
@@ -236,7 +275,7 @@ def write_summary(out_dir: Path, summary: dict) -> None:
                 f"failed {summary['failed']}, missing {summary['missing']})", "",
                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(values) + " |"]
     cap = summary.get("max_objects")
-    if cap is not None:
+    if cap is not None and _has_3d(summary):
         markdown += ["", f"Objects per scene: {f'at most {cap}' if cap else 'all'} (`--max-objects {cap}`). "
                      "IoU-B by objects per scene:", "", "| objects | scenes | scored | IoU-B ↑ |", "|---|---|---|---|"]
         markdown += [f"| {name} | {b['scenes']} | {b['scored']} | {_format(b['iou_bbox'])} |"

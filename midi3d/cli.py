@@ -449,7 +449,8 @@ class IcpMode(str, Enum):
 
 @app.command("eval")
 def evaluate(
-    dataset: str = typer.Option("3dfront", "--dataset", help="3dfront or blendswap."),
+    dataset: str = typer.Option("3dfront", "--dataset", help="3dfront, blendswap, or pairs (a folder of "
+                                "NAME_rgb.png + NAME_seg.png photos without 3D ground truth: reprojection only)."),
     root: Path = typer.Option(..., "--root", help="Dataset root."),
     out: Path = typer.Option(Path("eval-results"), "--out", help="Results folder (JSONL log and summaries)."),
     model: ModelOpt = None,
@@ -479,15 +480,19 @@ def evaluate(
                                    "(a rerun of the same run continues; another run is refused)."),
     save_visuals: bool = typer.Option(False, "--save-visuals",
                                       help="Write OUT/visuals/<key>.png: input, masks, prediction, ground truth."),
+    reprojection: bool = typer.Option(False, "--reprojection", help="Also score the silhouettes at the estimated "
+                                      "camera (per-instance and mean IoU, the camera, OUT/reprojection/<key>.png); "
+                                      "always on for --dataset pairs."),
     quiet: QuietOpt = False,
 ) -> None:
-    """Score a method on 3D-Front or BlendSwap (CD, F-Score, IoU-B at scene and object level)."""
+    """Score a method on 3D-Front or BlendSwap (CD, F-Score, IoU-B at scene and object level), or by
+    reprojection on photos without 3D ground truth."""
     from .control import load_control
     from .eval.benchmark import BenchmarkSpec, clean_outputs, open_benchmark
 
     _setup_logging(quiet)
     _require_writable(export_gt if export_gt is not None else out)
-    clean_outputs(export_gt, out, out / "visuals")
+    clean_outputs(export_gt, out, out / "visuals", out / "reprojection")
     chosen_views = [v.strip() for v in views.split(",") if v.strip()]
     if not chosen_views or not all(v.isdigit() and len(v) == 4 for v in chosen_views):
         _fail(f"--views {views!r}: expected 4-digit view numbers, comma separated (e.g. 0000,0001)")
@@ -506,7 +511,8 @@ def evaluate(
     if control_config is not None:  # a run with other controls is another run
         sampling["control"] = control_config.to_data()
     identity = _run_identity(spec, pred_dir, model, sampling)
-    _score(data, keys, predictor, out, icp.value, points, seed, retry_failed, save_visuals, quiet, identity, overwrite)
+    _score(data, keys, predictor, out, icp.value, points, seed, retry_failed, save_visuals, quiet, identity, overwrite,
+           reprojection or dataset == "pairs")
 
 
 def _run_identity(spec, pred_dir: Path | None, model: Path | None, sampling: dict) -> dict:
@@ -555,7 +561,7 @@ def _scored_or_kept(score, *args, **kwargs):
 
 
 def _score(data, keys, predictor, out: Path, icp: str, points: int, seed: int, retry_failed: bool,
-           save_visuals: bool, quiet: bool, identity: dict, overwrite: bool) -> None:
+           save_visuals: bool, quiet: bool, identity: dict, overwrite: bool, reprojection: bool = False) -> None:
     from .eval.benchmark import process_group, score_benchmark
     from .eval.runner import EvalOptions, summary_rows
     from .progress import progress_bar, say
@@ -568,7 +574,8 @@ def _score(data, keys, predictor, out: Path, icp: str, points: int, seed: int, r
                 say(f"failed {key}: {record['error']}")
 
         with _one_line_errors():
-            summary = _scored_or_kept(score_benchmark, data, keys, predictor, out, EvalOptions(icp=icp, points=points, seed=seed),
+            summary = _scored_or_kept(score_benchmark, data, keys, predictor, out, EvalOptions(icp=icp, points=points, seed=seed,
+                                                                                     reprojection=reprojection),
                                       retry_failed=retry_failed, save_visuals=save_visuals, on_scene=report,
                                       identity=identity, overwrite=overwrite)
     if summary is None:  # not rank 0

@@ -195,4 +195,39 @@ class BlendSwapDataset:
             yield self.load(index)
 
 
-DATASETS = {"3dfront": ThreeDFrontDataset, "blendswap": BlendSwapDataset}
+class PairsDataset:
+    """Photos without 3D ground truth: ``<root>/NAME_rgb.png`` + ``NAME_seg.png`` (the layout of
+    ``midi3d generate DIR``). Scenes have no ground-truth points: only the reprojection score
+    applies (``midi3d eval --dataset pairs``)."""
+
+    def __init__(self, root: str | Path, object_filter: ObjectFilter | None = None, size: int = EVAL_SIZE, **_):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: dataset folder not found")
+        self.names = sorted(p.name[: -len("_rgb.png")] for p in self.root.glob("*_rgb.png")
+                            if (self.root / p.name.replace("_rgb.png", "_seg.png")).is_file())
+        if not self.names:
+            raise FileNotFoundError(f"{self.root}: no NAME_rgb.png + NAME_seg.png pairs in this folder")
+        self.filter = object_filter or ObjectFilter(max_objects=0)
+        self.size = size
+
+    def keys(self) -> list[str]:
+        return list(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def load(self, index: int) -> EvalScene:
+        key = self.names[index]
+        rgb, labels = _resize_pair(load_rgb(self.root / f"{key}_rgb.png"),
+                                   read_label_map(self.root / f"{key}_seg.png"), self.size)
+        kept, dropped = self.filter.apply(labels, instance_ids(labels), key)
+        labels = np.where(np.isin(labels, kept), labels, 0)
+        return EvalScene(key, rgb, labels, kept, [], [], dropped)
+
+    def __iter__(self) -> Iterator[EvalScene]:
+        for index in range(len(self)):
+            yield self.load(index)
+
+
+DATASETS = {"3dfront": ThreeDFrontDataset, "blendswap": BlendSwapDataset, "pairs": PairsDataset}
