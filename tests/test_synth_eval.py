@@ -361,3 +361,42 @@ def test_two_evals_on_one_folder_are_refused(dataset_root, tmp_path):
         result = CliRunner().invoke(app, ["eval", "--root", str(dataset_root), "--pred-dir", str(tmp_path),
                                           "--out", str(out), "-q"])
     assert result.exit_code == 2 and "another midi3d eval is writing here" in result.output
+
+
+def test_reprojection_score_of_the_ground_truth(dataset_root, tmp_path):
+    """The ground truth lines up with its own masks: the reprojection score at the estimated camera
+    is high (masks upscaled from 128 px here cost some) with 3D metrics (``--reprojection``) and without them (``--dataset pairs``)."""
+    import shutil
+
+    runner = CliRunner()
+    gt = tmp_path / "gt"
+    export = ["eval", "--root", str(dataset_root), "--export-gt", str(gt), "--max-objects", "0", "--quiet"]
+    assert runner.invoke(app, export).exit_code == 0
+    out = tmp_path / "res"
+    result = runner.invoke(app, ["eval", "--root", str(dataset_root), "--pred-dir", str(gt), "--out", str(out),
+                                 "--icp", "none", "--points", "2048", "--reprojection", "--limit", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["reprojection_scored"] == 2 and summary["reprojection_iou"] > 0.75
+    assert summary["scene_fscore"] > 0.99  # the 3D metrics are still there
+    records = ResultLog(out).records()
+    record = next(iter(records.values()))
+    assert len(record["reprojection_ious"]) == record["objects"]  # one per kept instance
+    assert record["camera"]["image_size"] == [512, 512]
+    assert len(list((out / "reprojection").glob("*.png"))) == 2
+    # photos without 3D ground truth: NAME_rgb.png + NAME_seg.png, predictions NAME.glb
+    pairs, predictions = tmp_path / "pairs", tmp_path / "pred"
+    pairs.mkdir()
+    predictions.mkdir()
+    for path in sorted((dataset_root / "pairs").glob("*_rgb.png"))[:2]:
+        name = path.name[: -len("_rgb.png")]
+        shutil.copy(path, pairs)
+        shutil.copy(path.with_name(f"{name}_seg.png"), pairs)
+        shutil.copy(gt / f"{name}__0000.glb", predictions / f"{name}.glb")
+    out = tmp_path / "pairs-res"
+    result = runner.invoke(app, ["eval", "--dataset", "pairs", "--root", str(pairs), "--pred-dir", str(predictions),
+                                 "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scored"] == 2 and summary["reprojection_iou"] > 0.75
+    assert "Reproj-IoU" in (out / "summary.md").read_text() and "CD-S" not in (out / "summary.md").read_text()
