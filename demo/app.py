@@ -2,7 +2,8 @@
 
 API endpoints (``gradio_client``): ``/segment`` (image, mode, label map, points, boxes → label
 map, overlay, ids, count), ``/generate`` (image, label map, steps, guidance, seed, layers, control → viewer,
-scene GLB, objects zip, summary).
+scene GLB (textured, with the estimated camera), zip (textured and untextured scene, one GLB per
+object), summary, overlay picture).
 """
 
 # No `from __future__ import annotations`: Gradio resolves gr.Request / gr.SelectData from real annotations.
@@ -86,9 +87,10 @@ def _handlers(backend: DemoBackend, config: DemoConfig) -> SimpleNamespace:
         rgb = load_scene_image(image_path, config.limits)
         labels = load_label_upload(label_file, rgb.shape[:2], config.limits) if label_file else None
         progress(0.0, desc="generating")
-        scene, objects, summary = backend.generate(_session(request), rgb, labels, steps, guidance, seed, layers,
-                                                   control)
-        return str(scene), str(scene), str(objects), summary
+        result = backend.generate(_session(request), rgb, labels, steps, guidance, seed, layers, control)
+        viewer = gr.update(value=str(result.scene), camera_position=result.camera_position or (None, None, None))
+        overlay = None if result.overlay is None else str(result.overlay)
+        return viewer, str(result.scene), str(result.download), result.summary, overlay
 
     def release(request: gr.Request):
         backend.release(getattr(request, "session_hash", None))
@@ -144,8 +146,10 @@ def _generation_block(gr, ui: SimpleNamespace, defaults) -> None:
         ui.viewer = gr.Model3D(label="Scene", elem_id="viewer", height=420)
         with gr.Column():
             ui.scene_download = gr.File(label="Scene (GLB)", interactive=False, elem_id="scene-download")
-            ui.objects_download = gr.File(label="Objects (zip of GLBs)", interactive=False,
-                                          elem_id="objects-download")
+            ui.objects_download = gr.File(label="Download (zip: textured and untextured scene, one GLB per "
+                                          "object)", interactive=False, elem_id="objects-download")
+    ui.alignment_overlay = gr.Image(label="Photo | rendered instances at the estimated camera | blend",
+                                    interactive=False, elem_id="alignment-overlay")
 
 
 def _wire(ui: SimpleNamespace, on: SimpleNamespace, labels_state, pending_corner) -> None:
@@ -160,7 +164,8 @@ def _wire(ui: SimpleNamespace, on: SimpleNamespace, labels_state, pending_corner
     ui.merge_button.click(on.merge, [ui.image_file, labels_state, ui.selected], label_outputs, api_name=False)
     ui.generate_button.click(on.generate, [ui.image_file, ui.current_labels, ui.steps, ui.guidance, ui.seed,
                                            ui.layers, ui.control],
-                             [ui.viewer, ui.scene_download, ui.objects_download, ui.status], api_name="generate",
+                             [ui.viewer, ui.scene_download, ui.objects_download, ui.status, ui.alignment_overlay],
+                             api_name="generate",
                              concurrency_limit=1, concurrency_id="generate")
 
 

@@ -163,7 +163,7 @@ class DemoBackend:
 
     def generate(self, session: str, rgb: np.ndarray, labels: np.ndarray, steps: int, guidance: float, seed: int,
                  layers: str, control: str = "default"):
-        """One generation for ``session`` (serialised): scene GLB, objects zip, summary line.
+        """One generation for ``session`` (serialised): a :class:`~.session.DemoResult`.
         ``control``: a preset name of :mod:`midi3d.control`, or ``"default"`` (the folder's)."""
         from ..control import control_presets, load_control
         from ..models.layer_spec import check_layer_spec

@@ -98,17 +98,39 @@ def preview(rgb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return overlay(rgb, labels)
 
 
-def per_object_zip(result) -> bytes:
-    """A zip of one GLB per instance (``instance_<id>.glb``), all in the scene frame."""
+def scene_zip(result, alignment=None, variants: dict[str, bytes] | None = None) -> bytes:
+    """A zip of one GLB per instance (``instance_<id>.glb``, textured when ``alignment`` is), all in
+    the scene frame, plus the whole-scene ``variants`` (name → GLB bytes)."""
     from ..pipelines.scene import build_scene
 
+    meshes = alignment.meshes if alignment is not None else result.meshes
+    textured = alignment is not None and alignment.textured
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for instance_id, mesh in zip(result.ids, result.meshes):
+        for instance_id, mesh in zip(result.ids, meshes):
             if mesh is None or len(mesh.faces) == 0:
                 continue
-            archive.writestr(f"instance_{instance_id}.glb", build_scene([instance_id], [mesh]).export(file_type="glb"))
+            archive.writestr(f"instance_{instance_id}.glb",
+                             build_scene([instance_id], [mesh], keep_visuals=textured).export(file_type="glb"))
+        for name, data in (variants or {}).items():
+            archive.writestr(name, data)
     return buffer.getvalue()
+
+
+def viewer_camera(alignment, meshes) -> tuple[float, float, float] | None:
+    """Gradio ``Model3D.camera_position`` (alpha, beta in degrees, radius) putting its orbit camera
+    at the estimated eye, looking at the scene's bounding-box centre (the viewer's target). The
+    viewer loads glTF into a left-handed frame (z flipped) and keeps y up, so roll is not shown."""
+    present = [m for m in meshes if m is not None and len(m.faces)]
+    if alignment is None or not present:
+        return None
+    bounds = np.concatenate([m.bounds for m in present])
+    offset = alignment.camera.eye - (bounds.min(0) + bounds.max(0)) / 2
+    x, y, z = offset[0], offset[1], -offset[2]
+    radius = float(np.linalg.norm(offset))
+    if radius < 1e-9:
+        return None
+    return (float(np.degrees(np.arctan2(z, x))), float(np.degrees(np.arccos(np.clip(y / radius, -1, 1)))), radius)
 
 
 @dataclass
@@ -206,27 +228,60 @@ def expire_tracked_files(file_sets: list[set[str]], keep: set[str], older_than_s
     return removed
 
 
-def generate_outputs(pipe, rgb: np.ndarray, labels: np.ndarray, options, folder: Path) -> tuple[Path, Path, str]:
-    """Generate the scene; write ``scene.glb`` and ``objects.zip`` in ``folder``; return a summary.
+@dataclass
+class DemoResult:
+    """What one demo generation wrote and shows."""
+
+    scene: Path  # the GLB the viewer shows (textured when texturing worked)
+    download: Path  # zip: textured and untextured scene GLBs and one GLB per object
+    overlay: Path | None  # photo | rendered instances | blend (None without a camera)
+    camera_position: tuple[float, float, float] | None
+    summary: str
+
+
+def generate_outputs(pipe, rgb: np.ndarray, labels: np.ndarray, options, folder: Path) -> DemoResult:
+    """Generate the scene, line it up with the photo and texture it (instance colours when that
+    fails); write ``scene.glb``, ``overlay.png`` and ``scene.zip`` in ``folder``.
 
     The caller serialises calls (one generation at a time per worker)."""
-    from ..pipelines.scene import SceneInputs, export_scene, generate_scene
+    from PIL import Image
+
+    from ..pipelines.batch import AlignOptions, align_output
+    from ..pipelines.scene import SceneInputs, build_scene, export_scene, generate_scene
 
     ids = instance_ids(labels)
     if not ids:
         raise InputError("no instance to generate: segment the image or upload a label map first")
     if rgb.shape[:2] != labels.shape:
         raise InputError("the label map does not match the image; segment again")
-    result = generate_scene(pipe, SceneInputs(rgb, labels, "demo"), options)
+    scene = SceneInputs(rgb, labels, "demo")
+    result = generate_scene(pipe, scene, options)
     if len(result.empty_ids) == len(result.ids):
         raise InputError("no instance produced a surface; try another seed or more steps")
-    scene_path = export_scene(result, folder / "scene.glb")
-    zip_path = folder / "objects.zip"
-    write_atomic(zip_path, per_object_zip(result))
+    alignment = align_output(scene, result, AlignOptions(texture="project"), folder / "scene.glb")
+    scene_path = export_scene(result, folder / "scene.glb", alignment)
+    plain = build_scene(result.instance_ids, result.meshes,
+                        camera=None if alignment is None else alignment.camera).export(file_type="glb")
+    variants = {"scene_untextured.glb": plain}
+    overlay_path = None
+    if alignment is not None:
+        variants["scene_textured.glb" if alignment.textured else "scene_aligned.glb"] = scene_path.read_bytes()
+        buffer = io.BytesIO()
+        Image.fromarray(alignment.overlay(rgb)).save(buffer, format="PNG")
+        overlay_path = folder / "overlay.png"
+        write_atomic(overlay_path, buffer.getvalue())
+    zip_path = folder / "scene.zip"
+    write_atomic(zip_path, scene_zip(result, alignment, variants))
     t = result.timings
     summary = (f"{len(result.ids) - len(result.empty_ids)}/{len(result.ids)} instances in "
                f"{sum(t.values()):.1f}s (encode {t.get('encode', 0):.1f}s, denoise {t.get('denoise', 0):.1f}s, "
-               f"decode {t.get('decode', 0):.1f}s)")
+               f"decode {t.get('decode', 0):.1f}s")
+    if alignment is not None:
+        summary += (f", camera {t.get('camera', 0):.1f}s, texture {t.get('texture', 0):.1f}s); "
+                    f"reprojection IoU {alignment.mean_iou:.2f}, {alignment.texture_mode} colours")
+    else:
+        summary += "); no camera could be estimated: instance colours"
     if result.empty_ids:
         summary += f"; no surface for {', '.join(map(str, result.empty_ids))}"
-    return scene_path, zip_path, summary
+    camera_position = viewer_camera(alignment, alignment.meshes if alignment is not None else result.meshes)
+    return DemoResult(scene_path, zip_path, overlay_path, camera_position, summary)

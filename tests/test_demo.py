@@ -3,6 +3,8 @@ real browser (Debian's chromium driven by Playwright)."""
 
 from __future__ import annotations
 
+import io
+
 import os
 import socket
 import threading
@@ -77,20 +79,27 @@ def _instances(glb: str) -> list[str]:
 
 
 def test_gradio_client_segments_and_generates(server, example):
-    count, (viewer, scene_glb, objects_zip, summary) = _generate(_client(server), *example)
+    count, (viewer, scene_glb, download, summary, overlay) = _generate(_client(server), *example)
     assert count == "5 instance(s)"
     assert _instances(scene_glb) == [f"instance_{i}" for i in range(1, 6)]
-    with zipfile.ZipFile(objects_zip) as archive:
-        assert sorted(archive.namelist()) == [f"instance_{i}.glb" for i in range(1, 6)]
-    assert summary.startswith("5/5 instances")
+    with zipfile.ZipFile(download) as archive:
+        names = sorted(archive.namelist())
+        textured = trimesh.load(io.BytesIO(archive.read("scene_textured.glb")), file_type="glb")
+    assert names == sorted([f"instance_{i}.glb" for i in range(1, 6)] + ["scene_textured.glb", "scene_untextured.glb"])
+    # the scene shown carries the estimated camera and the photo's colours; the overlay is a picture
+    scene = trimesh.load(scene_glb, force="scene")
+    assert scene.has_camera and "midi3d_reprojection_iou" in scene.metadata
+    assert all(isinstance(g.visual, trimesh.visual.TextureVisuals) for g in textured.geometry.values())
+    assert Image.open(overlay).size[0] == 3 * Image.open(example[0]).size[0]
+    assert summary.startswith("5/5 instances") and "reprojection IoU" in summary
 
 
 def test_the_advanced_fold_applies_an_instance_control_preset(server, example):
     from gradio_client import handle_file
 
     client = _client(server)
-    _, (_, plain, _, _) = _generate(client, *example, seed=5)
-    _, (_, grounded, _, summary) = _generate(client, *example, seed=5, control="grounding-0.3")
+    _, (_, plain, _, _, _) = _generate(client, *example, seed=5)
+    _, (_, grounded, _, summary, _) = _generate(client, *example, seed=5, control="grounding-0.3")
     assert summary.startswith("5/5 instances")
     assert Path(plain).read_bytes() != Path(grounded).read_bytes()  # the control reached the pipeline
     rgb, seg = example
