@@ -24,11 +24,11 @@ import trimesh
 from PIL import Image
 
 from midi3d.data.layout import RENDER, SCENE
-from midi3d.geometry.camera import InstanceRaycaster, PinholeCamera, rotation_error_deg
+from midi3d.geometry.camera import PinholeCamera, rotation_error_deg
 from midi3d.geometry.camera_fit import estimate_camera
 from midi3d.pipelines.scene import build_scene
 from midi3d.texture import TextureOptions, texture_meshes
-from midi3d.texture.projection import bilinear
+from midi3d.texture.render import render_colours
 
 
 def load_room(root: Path, room: Path):
@@ -50,28 +50,6 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
                      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
-def render_colours(meshes: list[trimesh.Trimesh], camera: PinholeCamera) -> tuple[np.ndarray, np.ndarray]:
-    """Colour image ``[H, W, 3]`` and instance ids of textured / vertex-coloured meshes."""
-    hits = InstanceRaycaster(meshes).render(camera)
-    image = np.zeros((camera.height, camera.width, 3))
-    for index, mesh in enumerate(meshes):
-        where = hits.ids == index + 1
-        if not where.any():
-            continue
-        faces = mesh.faces[hits.triangle[where]]
-        b = hits.barycentric[where]
-        weights = np.stack([1 - b[:, 0] - b[:, 1], b[:, 0], b[:, 1]], 1)[:, :, None]
-        visual = mesh.visual
-        if isinstance(visual, trimesh.visual.TextureVisuals):
-            uv = np.sum(visual.uv[faces] * weights, 1)
-            texture = np.asarray(visual.material.baseColorTexture.convert("RGB"))
-            height, width = texture.shape[:2]
-            image[where] = bilinear(texture, np.stack([uv[:, 0] * width, (1 - uv[:, 1]) * height], 1))
-        else:
-            image[where] = np.sum(visual.vertex_colors[faces][..., :3].astype(float) * weights, 1)
-    return image, hits.ids
 
 
 def main() -> None:

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import trimesh
 
-from midi3d.geometry.camera import InstanceRaycaster, PinholeCamera, rotation_error_deg, silhouette_ious
+from midi3d.geometry.camera import InstanceRaycaster, PinholeCamera, rotation_error_deg
 from midi3d.geometry.camera_fit import CameraFitOptions, estimate_camera
 from midi3d.io.errors import InputError
 from midi3d.texture import TextureOptions, texture_meshes
 from midi3d.texture.bake import rasterize
-from midi3d.texture.projection import bilinear, fill_hidden
+from midi3d.texture.projection import fill_hidden
+from midi3d.texture.render import render_colours
 
 COLOURS = np.array([[200, 40, 40], [40, 180, 60], [50, 70, 210], [230, 200, 30]], float)
 
@@ -138,24 +139,6 @@ def test_fill_hidden_is_harmonic_over_the_surface():
                                [[9, 8, 7]] * 3)
 
 
-def render_textured(meshes, camera) -> np.ndarray:
-    hits = InstanceRaycaster(meshes).render(camera)
-    image = np.full((camera.height, camera.width, 3), 255.0)
-    for index, mesh in enumerate(meshes):
-        where = hits.ids == index + 1
-        b = hits.barycentric[where]
-        weights = np.stack([1 - b[:, 0] - b[:, 1], b[:, 0], b[:, 1]], 1)[:, :, None]
-        faces = mesh.faces[hits.triangle[where]]
-        if isinstance(mesh.visual, trimesh.visual.TextureVisuals):
-            uv = np.sum(mesh.visual.uv[faces] * weights, 1)
-            texture = np.asarray(mesh.visual.material.baseColorTexture.convert("RGB"))
-            h, w = texture.shape[:2]
-            image[where] = bilinear(texture, np.stack([uv[:, 0] * w, (1 - uv[:, 1]) * h], 1))
-        else:
-            image[where] = np.sum(mesh.visual.vertex_colors[faces][..., :3] * weights, 1)
-    return image
-
-
 @pytest.mark.parametrize("mode", ["project", "vertex"])
 def test_projected_colours_reproduce_the_photo_and_leave_no_holes(mode):
     meshes, camera = boxes(), true_camera(160)
@@ -166,7 +149,7 @@ def test_projected_colours_reproduce_the_photo_and_leave_no_holes(mode):
     data = trimesh.Scene([m for m in result.meshes]).export(file_type="glb")
     reloaded = list(trimesh.load(io.BytesIO(data), file_type="glb").geometry.values())
     assert len(reloaded) == 4
-    rendered = render_textured(result.meshes, camera)
+    rendered, _ = render_colours(result.meshes, camera)
     on = labels > 0
     mse = np.mean((rendered[on] - rgb[on]) ** 2)
     assert 10 * np.log10(255 ** 2 / mse) > 25

@@ -38,7 +38,7 @@ class CameraFitOptions:
     views: int = 64  # viewing directions of the multi-start (Fibonacci sphere)
     rolls: int = 8  # rolls about each viewing direction
     fov_deg: float = 50.0  # starting field of view (long side)
-    refine: int = 3  # best starts refined on sampled surface points
+    refine: int = 3  # best starts refined on sampled surface points (more for scenes of < 5 instances)
     polish: int = 2  # best refined cameras aligned on rendered outlines
     samples_per_instance: int = 600
     mask_samples_per_instance: int = 300
@@ -447,7 +447,9 @@ def estimate_camera(meshes: list[trimesh.Trimesh | None], labels: np.ndarray, id
     rotations = _start_rotations(options.views, options.rolls)
     translations = _place(problem, rotations, focal, centre_px)
     scores = _coarse_scores(problem, rotations, translations, focal, centre_px)
-    order = np.argsort(scores)[:options.refine]
+    # fewer instances: cheaper refinements and more ambiguous silhouettes, so refine more starts
+    refine = int(np.clip(round(options.refine * 5 / len(steering)), options.refine, 3 * options.refine))
+    order = np.argsort(scores)[:refine]
     starts = [PinholeCamera(rotations[i], translations[i], focal, small_width, small_height, principal)
               for i in order]
     if options.initial is not None:
@@ -456,7 +458,7 @@ def estimate_camera(meshes: list[trimesh.Trimesh | None], labels: np.ndarray, id
     fix_focal = options.fix_focal is not None
     refined = sorted((_refine(problem, start, fix_focal) for start in starts), key=lambda pair: pair[1])
     best, best_iou = None, -1.0
-    for start, _ in refined[:options.polish]:
+    for start, _ in refined[:options.polish + (1 if len(steering) <= 3 else 0)]:
         polished, iou = _polish(problem, start, raycaster, fix_focal)
         if iou > best_iou:
             best, best_iou = polished, iou
