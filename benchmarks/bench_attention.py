@@ -139,6 +139,8 @@ def controls(args) -> None:
             print(f"{n:>3} {variant:>10} {got['peak_mib']:>8.1f} {rep['peak_mib']:>10.1f} "
                   f"{rep['peak_mib'] / max(got['peak_mib'], 1e-3):>9.1f} {target:>6} {got['seconds']:>7.2f} "
                   f"{fused['seconds']:>7.2f} {got['seconds'] / fused['seconds']:>10.2f}", flush=True)
+    if args.skip_generation:
+        return
     n, steps = args.generation_instances, args.generation_steps
     full = measure("bench_attention", "setup_generation", 1.0, steps, n, args.tokens, args.width, args.heads)
     print(f"\nMI attention time of a {steps}-step generation, N={n} (one layer; every MI layer is the same):")
@@ -163,6 +165,8 @@ def main() -> None:
                         help="--controls: largest N for the soft reweighting (its time grows with N^2).")
     parser.add_argument("--generation-instances", type=int, default=5)
     parser.add_argument("--generation-steps", type=int, default=10)
+    parser.add_argument("--skip-generation", action="store_true",
+                        help="--controls: only the per-layer table (not the whole-generation timing).")
     args = parser.parse_args()
     if args.controls:
         controls(args)

@@ -119,8 +119,8 @@ def texture_meshes(meshes: list[trimesh.Trimesh | None], ids: list[int], camera:
             coloured, fraction = _texture_baked(mesh, index, label, camera, raycaster, rgb, labels, tolerance,
                                                 fallback, options)
         if fraction == 0.0:
-            warnings.append(f"instance {label}: no visible surface at the estimated camera; coloured with its "
-                            "mask's mean colour")
+            source = "its mask's mean colour" if (labels == label).any() else "its instance colour (it has no mask pixel)"
+            warnings.append(f"instance {label}: no visible surface at the estimated camera; coloured with {source}")
         out.append(coloured)
         fractions.append(fraction)
     return TexturedMeshes(out, fractions, warnings, time.perf_counter() - start)
