@@ -35,6 +35,8 @@ def test_wheel_has_only_midi3d_top_level(tmp_path):
     assert "midi3d/assets/examples/blocks-5_rgb.png" in names
     assert "midi3d/configs/train/dit-tiny.yaml" in names
     assert "midi3d/control/__init__.py" in names and "midi3d/models/layout_tokens.py" in names
+    packages = {str(p.relative_to(REPO)) for p in (REPO / "midi3d").rglob("__init__.py")}
+    assert packages <= set(names), sorted(packages - set(names))  # no subpackage left out of the wheel
     assert {f"midi3d/configs/control/{p.name}" for p in (REPO / "configs" / "control").glob("*.yaml")} <= set(names)
     embedded = [n for n in names if n.startswith("midi3d/assets/midi3d-tiny/")]
     for part in ("model_index.json", "transformer/diffusion_pytorch_model.safetensors",
