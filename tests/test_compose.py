@@ -205,3 +205,160 @@ def test_processor_outputs_match_the_official_processor(fixture, key):
     expected_mask = arrays[f"direct_{key}_mask"]
     assert (np.ones_like(expected_mask) if mask is None else mask[0, 0].numpy()) .tolist() == expected_mask.tolist()
     np.testing.assert_allclose(out.numpy(), arrays[f"direct_{key}_out"], atol=1e-5, rtol=1e-4)
+
+
+# -- AST on FLUX -----------------------------------------------------------------------------------
+
+AST_FIXTURE = FIXTURE.parent / "ast-reweight"
+
+
+def dense_ast(q, k, v, m_img, r_img, m_txt, r_txt, m_i2t, r_i2t, w, tau, text_len, i2i_t2t=True):
+    """A direct float64 implementation of the formula, one block at a time, for comparison."""
+    q, k, v = (x.double() for x in (q, k, v))
+    p = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, -1)
+    new = p.clone()
+    t, i = slice(0, text_len), slice(text_len, None)
+    if i2i_t2t:
+        new[..., t, t] = p[..., t, t] * torch.exp(r_txt[:, None] * w[1] * tau * (m_txt - p[..., t, t]))
+        new[..., i, i] = p[..., i, i] * torch.exp(r_img[:, None] * w[0] * tau * (m_img - p[..., i, i]))
+    new[..., i, t] = p[..., i, t] * torch.exp(r_i2t[:, None] * w[2] * tau * (m_i2t - p[..., i, t]))
+    new = new / (new.sum(-1, keepdim=True) + 1e-12)
+    return new @ v
+
+
+def test_ast_reweighting_equals_the_formula_and_is_chunk_invariant():
+    from midi3d.compose.ast import ASTConfig, ASTMaps, LayerRule, reweighted_attention
+
+    g = torch.Generator().manual_seed(0)
+    text_len, hw = 5, 12
+    q, k, v = (torch.randn(1, 2, text_len + hw, 8, generator=g) for _ in range(3))
+    rng = np.random.default_rng(1)
+    maps = ASTMaps(rng.integers(0, 2, (hw, hw)).astype(float), rng.random(hw), rng.random(hw),
+                   rng.integers(0, 2, (text_len, text_len)).astype(float), rng.random(text_len),
+                   rng.integers(0, 2, (hw, text_len)).astype(float), rng.integers(0, 2, (hw, text_len)).astype(float),
+                   rng.integers(0, 2, (hw, text_len)).astype(float))
+    config = ASTConfig()
+    rule = LayerRule(True, "instance+attribute", "instance")
+    ours = reweighted_attention(q, k, v, maps, rule, 0.6, config)
+    t = lambda a: torch.as_tensor(a, dtype=torch.float64)  # noqa: E731
+    expected = dense_ast(q, k, v, t(maps.image), t(maps.image_sizes), t(maps.text), t(maps.text_sizes),
+                         t(maps.i2t("instance+attribute")), t(maps.image_sizes_instance),
+                         (config.w_i2i, config.w_t2t, config.w_i2t), 0.6, text_len)
+    torch.testing.assert_close(ours.double(), expected, atol=1e-6, rtol=1e-5)
+    chunked = reweighted_attention(q, k, v, maps, rule, 0.6, ASTConfig(max_chunk_elements=2 * 17 * 3))
+    torch.testing.assert_close(chunked, ours, atol=1e-6, rtol=1e-5)  # row-wise rule: chunks change only rounding
+
+
+@pytest.fixture(scope="module")
+def ast_fixture():
+    if not AST_FIXTURE.is_dir():
+        pytest.skip("../shared/fixtures/ast-reweight is not present")
+    return np.load(AST_FIXTURE / "arrays.npz"), json.loads((AST_FIXTURE / "config.json").read_text())
+
+
+def fixture_maps(arrays, config, variant):
+    from midi3d.compose.ast import ASTConfig, build_maps
+
+    text_len = 16 if variant == "t16" else 512
+    # t512 is the official code (text size factor over a hard-coded 512); t16 is that code with
+    # every 512 replaced by 16, i.e. the factor over the actual length (our default)
+    ast_config = ASTConfig(compat=variant == "t512")
+    ids = arrays[f"{variant}_token_ids"]
+    segments = [[int(x) for x in ids[i] if x not in (0, 1)] for i in (1, 2, 3)]  # no EOS, no padding
+    vocab, stub = config["vocab"], config["attribute_instance_stub"]
+    attributes = [[vocab[stub[p][0]]] for p in config["segment_prompts_[background,inst1,inst2]"][1:]]
+    regions = (arrays[f"{variant}_layouts"] > 0.5).reshape(3, -1)
+    return build_maps(regions, [int(x) for x in ids[0]], segments, attributes, text_len, ast_config), ast_config
+
+
+@pytest.mark.parametrize("variant", ["t16", "t512"])
+def test_ast_maps_match_the_official_construction(ast_fixture, variant):
+    arrays, config = ast_fixture
+    maps, _ = fixture_maps(arrays, config, variant)
+    for name, ours in [("sreg_image_maps", maps.image), ("reg_image_sizes", maps.image_sizes),
+                       ("reg_image_sizes_instance", maps.image_sizes_instance), ("sreg_text_maps", maps.text),
+                       ("reg_text_sizes", maps.text_sizes), ("pww_maps_instance", maps.i2t_instance),
+                       ("pww_maps_attribute", maps.i2t_attribute), ("pww_maps_background", maps.i2t_background)]:
+        reference = arrays[f"{variant}_map_{name}"][0]
+        np.testing.assert_allclose(ours, reference.reshape(ours.shape), atol=1e-7, err_msg=name)
+
+
+def test_ast_layer_groups_match_the_probed_table(ast_fixture):
+    from midi3d.compose.ast import layer_rule
+
+    _, config = ast_fixture
+    for row in config["layer_table_t16_run"]:
+        rule = layer_rule(row["call_index"])
+        if row["path_at_step_index_0"] == "sdpa":
+            assert rule is None, row
+            continue
+        assert rule.i2i_t2t == row["I2I"] == row["T2T"], row
+        parts = set(rule.i2t_map.split("+"))
+        assert parts == {p for p in ("instance", "attribute", "background") if row[f"I2T_uses_{p}"]}, row
+        assert (rule.i2t_size == "all") == row["I2T_size_reg_image_sizes"], row
+
+
+@pytest.mark.parametrize("variant", ["t16", "t512"])
+def test_ast_core_outputs_and_probabilities_match(ast_fixture, variant):
+    from midi3d.compose.ast import ASTState, reweighted_attention
+
+    arrays, config = ast_fixture
+    maps, ast_config = fixture_maps(arrays, config, variant)
+    state = ASTState(ast_config, maps, arrays["timesteps"])
+    for call in config[f"calls_{variant}"]:
+        key, kind = call["key"], "double" if "double" in call["key"] else "single"
+        q, k, v = (torch.from_numpy(arrays[f"{variant}_{kind}_{x}"])[None] for x in "qkv")
+        state.step = call["step"]
+        rule = state.rule(call["layer"])
+        assert (rule is None) == (call["path"] == "sdpa"), key
+        if rule is None:
+            out, probs = torch.nn.functional.scaled_dot_product_attention(q, k, v), None
+        else:
+            out, probs = reweighted_attention(q, k, v, maps, rule, state.tau(), ast_config, return_probs=True)
+        np.testing.assert_allclose(out[0].numpy(), arrays[f"{variant}_call_{key}_core_out"], atol=1e-5, rtol=1e-4,
+                                   err_msg=key)
+        if probs is not None and f"{variant}_call_{key}_probs" in arrays:
+            np.testing.assert_allclose(probs[0].numpy(), arrays[f"{variant}_call_{key}_probs"], atol=1e-6,
+                                       err_msg=key)
+
+
+def test_ast_processor_outputs_match_on_diffusers_flux_attention(ast_fixture):
+    from diffusers.models.transformers.transformer_flux import FluxPosEmbed
+    from safetensors.torch import load_file
+
+    from midi3d.compose.ast import ASTFluxAttnProcessor, ASTState
+
+    arrays, config = ast_fixture
+    maps, ast_config = fixture_maps(arrays, config, "t16")
+    weights = load_file(AST_FIXTURE / "attention_modules.safetensors")
+    rope = FluxPosEmbed(10000, [4, 6, 6])(torch.from_numpy(arrays["t16_rope_ids"][0]))
+    state = ASTState(ast_config, maps, arrays["timesteps"])
+    for call in config["calls_t16"]:
+        key, kind = call["key"], "double" if "double" in call["key"] else "single"
+        module = flux_attention(kind, weights)
+        module.set_processor(ASTFluxAttnProcessor(state, call["layer"]))
+        state.step = call["step"]
+        with torch.no_grad():
+            if kind == "double":
+                image, text = module(torch.from_numpy(arrays["t16_in_double_image_hidden"]),
+                                     torch.from_numpy(arrays["t16_in_double_text_hidden"]), image_rotary_emb=rope)
+                out = torch.cat([text, image], 1)
+            else:
+                out = module(torch.from_numpy(arrays["t16_in_single_hidden"]), image_rotary_emb=rope)
+        np.testing.assert_allclose(out.numpy(), arrays[f"t16_call_{key}_out"], atol=1e-5, rtol=1e-4, err_msg=key)
+
+
+def test_ast_prompt_substitution_matches(ast_fixture):
+    from midi3d.compose.ast import find_span, substitute_segments
+
+    arrays, _ = ast_fixture
+    ids = arrays["t16_token_ids"]
+    per_prompt = torch.from_numpy(arrays["t16_prompt_embeds_per_prompt"])
+    master = [int(x) for x in ids[0]]
+    spans = []
+    for row in (1, 2, 3):
+        segment = [int(x) for x in ids[row] if x not in (0, 1)]
+        start = find_span(master, segment)
+        spans.append((start, start + len(segment)))
+    out = substitute_segments(per_prompt[0:1], [per_prompt[i:i + 1] for i in (1, 2, 3)], spans)
+    np.testing.assert_allclose(out.numpy(), arrays["t16_prompt_embeds_after_substitution"], atol=0)
