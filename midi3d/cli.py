@@ -111,9 +111,22 @@ def _check_sampling(steps: int | None, guidance: float | None, resolution: int |
     check_layer_spec(mi_layers)
 
 
+class ComposeControl(str, Enum):
+    threedis = "3dis"
+    ast = "ast"
+    none = "none"
+
+
+ImageModelOpt = Annotated[Path | None, typer.Option("--image-model", help="Local FLUX pipeline folder (e.g. "
+                                                   "black-forest-labs/FLUX.1-dev) for the layout's image.")]
+ComposeControlOpt = Annotated[ComposeControl, typer.Option("--image-control", help="Layout control of the image "
+                              "model: 3dis (3DIS-FLUX masks), ast (AST reweighting) or none. See docs/compose.md.")]
+
+
 @app.command()
 def generate(
-    input: Path = typer.Argument(..., help="A scene image, or a folder of NAME_rgb.png + NAME_seg.png pairs."),
+    input: Path | None = typer.Argument(None, help="A scene image, or a folder of NAME_rgb.png + NAME_seg.png "
+                                        "pairs (or --layout instead)."),
     seg: Path | None = typer.Option(None, "--seg", help="Instance label map of the image (single-image mode). "
                                     "Without it: automatic SAM if $MIDI3D_SAM_CHECKPOINT is set, else the rough "
                                     "classic segmentation (see `midi3d segment`)."),
@@ -151,11 +164,16 @@ def generate(
                                 "with the photo (a glTF camera node; needed by --texture and --overlay)."),
     overlay: bool = typer.Option(False, "--overlay", help="Also write <output>_overlay.png: photo | rendered "
                                  "instances | blend."),
+    layout: Path | None = typer.Option(None, "--layout", help="Start from a layout file instead of an image: "
+                                       "layout → image (--image-model) → label map → 3D (see `midi3d compose`)."),
+    image_model: ImageModelOpt = None,
+    image_control: ComposeControlOpt = ComposeControl.threedis,
+    image_steps: int = typer.Option(20, "--image-steps", min=1, help="--layout: denoising steps of the image model."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle",
                                       help="Allow pickled .bin/.ckpt weights (loaded with weights_only=True)."),
     quiet: QuietOpt = False,
 ) -> None:
-    """Generate a 3D scene (one mesh per instance) from an image and its instance label map."""
+    """Generate a 3D scene (one mesh per instance) from an image and its instance label map, or from a layout."""
     from .control import load_control
     from .geometry.postprocess import PostprocessConfig
     from .io.errors import InputError
@@ -173,7 +191,13 @@ def generate(
         control_config = load_control(control)  # checked before any model loads
         align = AlignOptions(camera=camera, texture=texture, overlay=overlay)
         torch_dtype = resolve_dtype(dtype.value, device)
-        out, work = _plan_outputs(input, seg, output, fmt, overwrite, limits, trust_pickle, quiet)
+        if layout is not None:
+            out, work = _plan_layout_outputs(input, seg, layout, output, image_model, image_control, image_steps, seed,
+                                             device, quiet)
+        else:
+            if input is None:
+                raise InputError("give a scene image (or a folder), or --layout LAYOUT")
+            out, work = _plan_outputs(input, seg, output, fmt, overwrite, limits, trust_pickle, quiet)
     if work is None:
         return
     options = GenerateOptions(
@@ -184,10 +208,31 @@ def generate(
     )
     with _one_line_errors():
         pipe = load_pipeline(model, torch_dtype, device, mi_layers, trust_pickle, lora, lora_scale, quiet)
-    if input.is_dir():
+    if input is not None and input.is_dir():
         _generate_folder(pipe, work, options, limits, out, quiet, align)
     else:
         _generate_one(pipe, work, options, out, quiet, align)
+
+
+def _plan_layout_outputs(input, seg, layout: Path, output: Path | None, image_model, image_control, image_steps: int,
+                         seed: int, device: str, quiet: bool):
+    """``generate --layout``: compose the image first; it and its label map are written next to
+    the scene as ``<scene>_image.png`` / ``_image_seg.png`` / ``_image_overlay.png``."""
+    from .compose.flux import write_composed
+    from .io.errors import InputError
+    from .pipelines.batch import check_output_format
+    from .pipelines.scene import SceneInputs
+
+    if input is not None or seg is not None:
+        raise InputError("--layout replaces the image and --seg: give one or the other")
+    out = check_output_format(output or Path(f"{layout.stem}.glb"))
+    _require_writable(out.parent)
+    _, result = _compose(layout, image_model, image_control, image_steps, 3.5, seed, 64, None, device, quiet)
+    written = write_composed(result, out.with_name(f"{out.stem}_image.png"))
+    if not quiet:
+        err_console.print(f"{written[0]}: layout image ({result.control} control), label map from "
+                          f"{result.label_source}", highlight=False)
+    return out, SceneInputs(result.image, result.labels, name=layout.stem)
 
 
 def _plan_outputs(input: Path, seg: Path | None, output: Path | None, fmt: str, overwrite: bool, limits,
@@ -268,6 +313,60 @@ def _parse_prompts(values: list[str], size: int, flag: str) -> list[tuple[float,
                 _fail(f"{flag} {item!r}: expected {size} comma-separated numbers")
             prompts.append(numbers)
     return prompts
+
+
+def _compose(layout_path: Path, image_model: Path | None, control: ComposeControl, steps: int, guidance: float,
+             seed: int, instance_tokens: int, sam_checkpoint: Path | None, device: str, quiet: bool):
+    """Validate the layout and the options, load the image model, compose; errors are one line."""
+    from .compose import load_layout
+    from .compose.flux import ComposeOptions, compose_image, load_image_model
+    from .io.errors import InputError
+
+    layout = load_layout(layout_path)
+    options = ComposeOptions(control=control.value, steps=steps, guidance=guidance, seed=seed,
+                             instance_tokens=instance_tokens)
+    if image_model is None:
+        raise InputError("--image-model: a local FLUX pipeline folder is needed to turn a layout into an image")
+    pipe = load_image_model(image_model, device=device)
+    pipe.set_progress_bar_config(disable=quiet)
+    return layout, compose_image(pipe, layout, options, sam_checkpoint)
+
+
+@app.command()
+def compose(
+    layout: Path = typer.Argument(..., help="Layout file (JSON/YAML: size, prompt, instances with boxes; "
+                                  "docs/compose.md)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Scene image to write (PNG); also writes "
+                                "<output>_seg.png (label map) and <output>_overlay.png."),
+    image_model: ImageModelOpt = None,
+    control: ComposeControlOpt = ComposeControl.threedis,
+    steps: int = typer.Option(20, "--steps", min=1, help="Denoising steps of the image model."),
+    guidance: float = typer.Option(3.5, "--guidance", help="FLUX guidance (distilled guidance embedding)."),
+    seed: SeedOpt = DEFAULT_SEED,
+    instance_tokens: int = typer.Option(64, "--instance-tokens", min=1, help="3dis: T5 tokens per prompt segment."),
+    sam_checkpoint: Path | None = typer.Option(None, "--sam-checkpoint", help="SAM checkpoint for the label map "
+                                               "(box prompts); default $MIDI3D_SAM_CHECKPOINT, else the "
+                                               "layout's masks/boxes."),
+    device: DeviceOpt = "cpu",
+    quiet: QuietOpt = False,
+) -> None:
+    """Turn a layout (boxes + descriptions) into a scene image and its instance label map."""
+    from .compose.flux import write_composed
+
+    _setup_logging(quiet)
+    with _one_line_errors():
+        if output.suffix.lower() != ".png":
+            from .io.errors import InputError
+
+            raise InputError(f"{output}: the scene image is written as PNG (use a .png name)")
+        _require_writable(output.parent)
+        _, result = _compose(layout, image_model, control, steps, guidance, seed, instance_tokens, sam_checkpoint,
+                             device, quiet)
+        written = write_composed(result, output)
+    if not quiet:
+        console.print(f"{written[0]}: {result.labels.max()} instance(s), {result.control} control, label map from "
+                      f"{result.label_source}, in {result.seconds:.1f}s ({written[1].name}, {written[2].name})",
+                      highlight=False)
 
 
 @app.command()

@@ -362,3 +362,126 @@ def test_ast_prompt_substitution_matches(ast_fixture):
         spans.append((start, start + len(segment)))
     out = substitute_segments(per_prompt[0:1], [per_prompt[i:i + 1] for i in (1, 2, 3)], spans)
     np.testing.assert_allclose(out.numpy(), arrays["t16_prompt_embeds_after_substitution"], atol=0)
+
+
+# -- end to end on a tiny random FLUX through diffusers' own FluxPipeline --------------------------
+
+
+@pytest.fixture(scope="module")
+def flux_folder(tmp_path_factory):
+    from tiny_flux import build_tiny_flux
+
+    return build_tiny_flux(tmp_path_factory.mktemp("flux") / "tiny-flux")
+
+
+LAYOUT = {"size": [96, 64], "prompt": "a living room with a sofa and a lamp", "instances": [
+    {"box": [5, 10, 50, 60], "description": "a red sofa", "category": "sofa"},
+    {"box": [60, 5, 90, 40], "description": "a white lamp"}]}
+
+
+@pytest.mark.parametrize("control", ["3dis", "ast", "none"])
+def test_each_control_runs_end_to_end(flux_folder, control):
+    from midi3d.compose.flux import ComposeOptions, compose_image, load_image_model
+
+    pipe = load_image_model(flux_folder)
+    pipe.set_progress_bar_config(disable=True)
+    before = dict(pipe.transformer.attn_processors)
+    result = compose_image(pipe, layout_from_data(LAYOUT), ComposeOptions(control=control, steps=3,
+                                                                         max_sequence_length=32, instance_tokens=8))
+    assert result.image.shape == (64, 96, 3) and result.image.dtype == np.uint8
+    assert result.labels.shape == (64, 96) and set(np.unique(result.labels)) == {0, 1, 2}
+    assert result.label_source == "layout boxes"
+    assert {k: type(v) for k, v in pipe.transformer.attn_processors.items()} == {k: type(v) for k, v in
+                                                                               before.items()}  # restored
+
+
+def test_threedis_in_the_pipeline_zeroes_the_probabilities_the_rules_forbid(flux_folder, monkeypatch):
+    """Through the real pipeline: at each step, the attention probability from an image token in
+    box 0 only to the text of instance 1 is exactly 0 while I2I/I2T hold and non-zero after."""
+    from midi3d.compose import threedis
+    from midi3d.compose.flux import ComposeOptions, compose_image, load_image_model
+
+    seen: dict[int, torch.Tensor] = {}
+    real = threedis.ThreeDISState.mask
+
+    def spy(self, call, device, sequence):
+        mask = real(self, call, device, sequence)
+        if call == 0:
+            seen[self.step] = mask
+        return mask
+
+    monkeypatch.setattr(threedis.ThreeDISState, "mask", spy)
+    pipe = load_image_model(flux_folder)
+    pipe.set_progress_bar_config(disable=True)
+    config = ThreeDISConfig(hard_control_steps=4, i2i=1, i2t=2, t2i=2, t2t=3)
+    compose_image(pipe, layout_from_data(LAYOUT), ComposeOptions(control="3dis", steps=5, instance_tokens=8,
+                                                                 threedis=config))
+    assert sorted(seen) == [0, 1, 2, 3, 4]
+    grid = box_token_grid(layout_from_data(LAYOUT).boxes, 4, 6).reshape(2, -1)
+    text_len = 3 * 8
+    query = text_len + int(np.flatnonzero(grid[0] & ~grid[1])[0])
+    other_text = np.arange(16, 24)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 2, text_len + 24, 16, generator=g), torch.randn(1, 2, text_len + 24, 16, generator=g)
+    for step, mask in seen.items():
+        scores = q @ k.transpose(-1, -2) / 4.0
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = torch.softmax(scores, -1)[0, :, query, other_text]
+        if step < config.i2t:
+            assert (probs == 0).all(), step
+        elif step < config.hard_control_steps:
+            assert (probs > 0).all(), step
+        else:  # after the hard steps the instance prompts are dropped: no one but themselves sees them
+            assert (probs == 0).all(), step
+
+
+def test_compose_cli_writes_image_label_map_and_overlay(flux_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from midi3d.cli import app
+
+    layout = tmp_path / "layout.json"
+    layout.write_text(json.dumps(LAYOUT))
+    out = tmp_path / "out" / "scene.png"
+    out.parent.mkdir()
+    result = CliRunner().invoke(app, ["compose", str(layout), "-o", str(out), "--image-model", str(flux_folder),
+                                      "--steps", "2", "--instance-tokens", "8", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert Image.open(out).size == (96, 64)
+    labels = np.asarray(Image.open(out.with_name("scene_seg.png")))
+    assert labels.shape == (64, 96) and set(np.unique(labels)) == {0, 1, 2}
+    assert out.with_name("scene_overlay.png").is_file()
+    missing = CliRunner().invoke(app, ["compose", str(layout), "-o", str(tmp_path / "x.png"), "--image-model",
+                                       str(tmp_path / "no-flux")])
+    assert missing.exit_code == 2 and "FLUX.1-dev" in missing.output and not (tmp_path / "x.png").exists()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**LAYOUT, "instances": [{"box": [0, 0, 0, 10], "description": "x"}]}))
+    refused = CliRunner().invoke(app, ["compose", str(bad), "-o", str(tmp_path / "y.png"), "--image-model",
+                                       str(flux_folder)])
+    assert refused.exit_code == 2 and "zero area" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1 and not (tmp_path / "y.png").exists()
+
+
+def test_generate_from_a_layout_end_to_end(flux_folder, tmp_path):
+    import trimesh
+    from typer.testing import CliRunner
+
+    from conftest import TEST_SPEC
+    from midi3d.cli import app
+    from midi3d.models.factory import PipelineSpec, build_pipeline
+
+    model = tmp_path / "midi"
+    build_pipeline(PipelineSpec(**TEST_SPEC)).save_pretrained(model)
+    layout = tmp_path / "layout.yaml"
+    import yaml
+
+    layout.write_text(yaml.safe_dump(LAYOUT))
+    out = tmp_path / "scene.glb"
+    result = CliRunner().invoke(app, ["generate", "--layout", str(layout), "--image-model", str(flux_folder),
+                                      "--image-steps", "2", "--model", str(model), "--steps", "2", "--resolution",
+                                      "32", "-o", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and (tmp_path / "scene_image.png").is_file() and (tmp_path / "scene_image_seg.png").is_file()
+    scene = trimesh.load(out, force="scene")
+    assert scene.metadata["midi3d_instance_ids"] == [1, 2]

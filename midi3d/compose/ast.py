@@ -182,11 +182,13 @@ class ASTState:
     def __init__(self, config: ASTConfig, maps: ASTMaps, timesteps):
         self.config = config
         self.maps = maps
-        self.timesteps = [float(t) for t in timesteps]
+        self.timesteps = [float(t) for t in timesteps]  # the scheduler's (0–1000), by step
         self.step = 0
+        self.current_t: float | None = None  # set per call by a pipeline hook; else timesteps[step]
 
     def tau(self) -> float:
-        return (self.timesteps[self.step] / 1000.0) ** self.config.decay
+        t = self.current_t if self.current_t is not None else self.timesteps[self.step]
+        return (t / 1000.0) ** self.config.decay
 
     def rule(self, call: int) -> LayerRule | None:
         if self.step >= self.config.num_mod_steps:

@@ -123,20 +123,31 @@ class ThreeDISState:
     (set by the pipeline's step callback); each processor knows its call index within a step."""
 
     def __init__(self, config: ThreeDISConfig, image_regions: np.ndarray, instance_text, text_len: int,
-                 calls_per_step: int):
+                 calls_per_step: int, hide_instance_text_after: bool = False):
         self.config = config
+        # after the hard steps the official pipeline keeps only the global prompt (its first 200
+        # tokens); with the segments in one sequence, hiding the instance text keys is the same
+        self.hide_instance_text_after = hide_instance_text_after
         self.image_regions = image_regions
         self.instance_text = instance_text
         self.text_len = text_len
         self.calls_per_step = calls_per_step
         self.step = 0
-        self._cache: dict[ActiveRules, torch.Tensor] = {}
+        self._cache: dict = {}
 
     def mask(self, call: int, device, sequence: int) -> torch.Tensor | None:
         """The boolean mask ``[1, 1, S, S]`` for this step and call, or ``None`` (no restriction)."""
         rules = active_rules(self.config, self.step, call, self.calls_per_step)
         if not rules.any:
-            return None
+            if not (self.hide_instance_text_after and self.step >= self.config.hard_control_steps):
+                return None
+            if "hidden" not in self._cache:
+                array = np.ones((sequence, sequence), bool)
+                instance_tokens = np.concatenate([np.asarray(t, np.int64) for t in self.instance_text])
+                others = np.setdiff1d(np.arange(sequence), instance_tokens)
+                array[np.ix_(others, instance_tokens)] = False
+                self._cache["hidden"] = torch.from_numpy(array)[None, None]
+            return self._cache["hidden"].to(device)
         if rules not in self._cache:
             array = attention_mask(rules, self.image_regions, self.instance_text, self.text_len)
             self._cache[rules] = torch.from_numpy(array)[None, None]

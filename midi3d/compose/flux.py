@@ -1,0 +1,264 @@
+"""Layout → scene image on diffusers' own ``FluxPipeline``, with a layout control set through
+diffusers' attention-processor API (``transformer.set_attn_processor``), then the instance label
+map for the 3D stage.
+
+* ``3dis``: 3DIS-FLUX's detail rendering (:mod:`.threedis`): global and per-instance prompts
+  encoded separately and concatenated, attention masks per step;
+* ``ast``: AST's reweighting (:mod:`.ast`) on the layout's maps;
+* ``none``: the plain pipeline on the global prompt (for comparison).
+
+Weights are local folders only: a FLUX.1-dev (or -schnell) pipeline folder for ``--image-model``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io.errors import InputError
+from .ast import ASTConfig, ASTFluxAttnProcessor, ASTState, build_maps, find_span, substitute_segments
+from .layout import Layout
+from .threedis import ThreeDISConfig, ThreeDISFluxAttnProcessor, ThreeDISState, box_token_grid
+
+CONTROLS = ("3dis", "ast", "none")
+ARTICLES = {"a", "an", "the", "some", "one", "two", "three"}
+MISSING_MODEL = ("{folder}: image model folder not found; download a FLUX pipeline folder (black-forest-labs/"
+                 "FLUX.1-dev, or FLUX.1-schnell) and pass its local path (no weights are downloaded)")
+
+
+@dataclass(frozen=True)
+class ComposeOptions:
+    control: str = "3dis"
+    steps: int = 20
+    guidance: float = 3.5
+    seed: int = 0
+    max_sequence_length: int = 512  # T5 tokens of the prompt (ast, none)
+    instance_tokens: int = 64  # 3dis: T5 tokens per prompt segment (the official default: 200)
+    threedis: ThreeDISConfig = field(default_factory=ThreeDISConfig)
+    ast: ASTConfig = field(default_factory=ASTConfig)
+
+    def __post_init__(self):
+        if self.control not in CONTROLS:
+            raise InputError(f"--control {self.control}: use one of {', '.join(CONTROLS)}")
+        if self.steps < 1:
+            raise InputError(f"--steps {self.steps}: must be >= 1")
+
+
+@dataclass
+class ComposedImage:
+    image: np.ndarray  # [H, W, 3] uint8
+    labels: np.ndarray  # [H, W] instance ids (layout order, 1-based)
+    label_source: str  # "sam (box prompts)", "layout masks", "layout boxes" or "layout masks and boxes"
+    control: str
+    seconds: float
+
+
+def load_image_model(folder: str | Path, torch_dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """A local ``FluxPipeline`` folder; a missing one names the release to get."""
+    from diffusers import FluxPipeline
+
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise InputError(MISSING_MODEL.format(folder=folder))
+    kwargs = {} if torch_dtype == torch.float32 else {"torch_dtype": torch_dtype}
+    pipe = FluxPipeline.from_pretrained(folder, local_files_only=True, **kwargs)
+    return pipe.to(device)
+
+
+def flux_processor_order(transformer) -> list[str]:
+    """The attention processors of a FLUX transformer in call order (double blocks, then single)."""
+    keys = list(transformer.attn_processors)
+
+    def block(key: str) -> int:
+        return int(key.split(".")[1])
+
+    double = sorted((k for k in keys if k.startswith("transformer_blocks.")), key=block)
+    single = sorted((k for k in keys if k.startswith("single_transformer_blocks.")), key=block)
+    if len(double) + len(single) != len(keys):
+        raise ValueError("unexpected attention modules: not a FLUX transformer")
+    return double + single
+
+
+def published_call(index: int, double: int, single: int) -> int:
+    """The call index of full FLUX (19 double + 38 single) at the same relative depth, so that
+    layer-grouped rules (AST) apply to models of other depths."""
+    if double == 19 and single == 38:
+        return index
+    if index < double:
+        return min(18, int(index * 19 / double))
+    return 19 + min(37, int((index - double) * 38 / max(single, 1)))
+
+
+class _StepTracker:
+    """Counts denoising steps from the transformer's ``timestep`` argument (a new value = a new
+    step, so repeated calls within a step are one step) and tells the control's state."""
+
+    def __init__(self, state):
+        self.state = state
+        self.last = None
+        self.step = -1
+
+    def __call__(self, module, args, kwargs):
+        timestep = kwargs.get("timestep")
+        value = float(timestep.flatten()[0]) if timestep is not None else None
+        if value != self.last:
+            self.last, self.step = value, self.step + 1
+        self.state.step = self.step
+        if value is not None:
+            self.state.current_t = value * 1000.0  # FluxPipeline passes t / 1000
+
+
+def _encode(pipe, prompt: str, tokens: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    embeds, pooled, _ = pipe.encode_prompt(prompt=prompt, prompt_2=prompt, device=device, max_sequence_length=tokens)
+    return embeds, pooled
+
+
+def _instance_grid(layout: Layout, latent_h: int, latent_w: int) -> np.ndarray:
+    """``[N, h, w]`` token regions: each mask resized to the token grid (a token belongs to an
+    instance when its cell is at least half covered), or the box rounded outwards."""
+    from PIL import Image
+
+    boxes = box_token_grid(layout.boxes, latent_h, latent_w)
+    for index, instance in enumerate(layout.instances):
+        if instance.mask is not None:
+            cover = np.asarray(Image.fromarray(instance.mask.astype(np.float32)).resize((latent_w, latent_h),
+                                                                                      Image.BOX))
+            boxes[index] = cover >= 0.5 if (cover >= 0.5).any() else cover > 0
+    return boxes
+
+
+def attribute_words(description: str, category: str | None) -> list[str]:
+    """AST's attribute words without a parser: the words other than articles and the noun (the
+    category when it is one of the words, else the last word)."""
+    words = re.findall(r"[\w'-]+", description.lower())
+    noun = category.lower() if category and category.lower() in words else (words[-1] if words else None)
+    return [w for w in words if w not in ARTICLES and w != noun]
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def _threedis_inputs(pipe, layout: Layout, options: ComposeOptions, grid: np.ndarray, device):
+    tokens = options.instance_tokens
+    texts = [layout.prompt] + [i.description for i in layout.instances]
+    encoded = [_encode(pipe, text, tokens, device)[0][:, :tokens] for text in texts]
+    _, pooled = _encode(pipe, ",".join(texts), options.max_sequence_length, device)  # CLIP: all words
+    embeds = torch.cat(encoded, dim=1)
+    instance_text = [np.arange((k + 1) * tokens, (k + 2) * tokens) for k in range(len(layout.instances))]
+    state = ThreeDISState(options.threedis, grid.reshape(len(grid), -1), instance_text, embeds.shape[1],
+                          calls_per_step=0, hide_instance_text_after=True)
+    return embeds, pooled, state
+
+
+def _ast_inputs(pipe, layout: Layout, options: ComposeOptions, grid: np.ndarray, device):
+    length = options.max_sequence_length
+    missing = [i.description for i in layout.instances if i.description.lower() not in layout.prompt.lower()]
+    master = ", ".join([layout.prompt] + missing)
+    embeds, pooled = _encode(pipe, master, length, device)
+    master_ids = list(pipe.tokenizer_2(master, padding="max_length", max_length=length, truncation=True).input_ids)
+    segments = [[]] + [_ids(pipe.tokenizer_2, i.description) for i in layout.instances]  # no background prompt
+    attributes = []
+    for instance in layout.instances:
+        words = attribute_words(instance.description, instance.category)
+        attributes.append(_ids(pipe.tokenizer_2, " ".join(words)) if words else None)
+    regions = grid.reshape(len(grid), -1)
+    background = ~regions.any(0)
+    maps = build_maps(np.concatenate([background[None], regions]), master_ids, segments, attributes, length,
+                      options.ast)
+    spans = []
+    for ids in segments[1:]:
+        start = find_span(master_ids, ids)
+        spans.append(None if start is None else (start, start + len(ids)))
+    segment_embeds = [_encode(pipe, i.description, length, device)[0] for i in layout.instances]
+    embeds = substitute_segments(embeds, segment_embeds, spans)
+    return embeds, pooled, ASTState(options.ast, maps, [])
+
+
+def compose_image(pipe, layout: Layout, options: ComposeOptions | None = None,
+                  sam_checkpoint: str | Path | None = None) -> ComposedImage:
+    """Generate the layout's scene image with ``pipe`` (a diffusers ``FluxPipeline``) and its
+    control, then the label map for the 3D stage."""
+    options = options or ComposeOptions()
+    start = time.perf_counter()
+    device = pipe._execution_device
+    height = layout.height // (pipe.vae_scale_factor * 2) * (pipe.vae_scale_factor * 2)
+    width = layout.width // (pipe.vae_scale_factor * 2) * (pipe.vae_scale_factor * 2)
+    if (height, width) != (layout.height, layout.width):
+        raise InputError(f"layout size {layout.width}x{layout.height}: FLUX needs multiples of "
+                         f"{pipe.vae_scale_factor * 2} pixels (e.g. {width}x{height})")
+    grid = _instance_grid(layout, height // (pipe.vae_scale_factor * 2), width // (pipe.vae_scale_factor * 2))
+    generator = torch.Generator("cpu").manual_seed(options.seed)
+    call = dict(height=height, width=width, num_inference_steps=options.steps, guidance_scale=options.guidance,
+                generator=generator, output_type="np")
+    transformer = pipe.transformer
+    original = transformer.attn_processors
+    hook = None
+    try:
+        if options.control == "none":
+            result = pipe(prompt=layout.prompt, max_sequence_length=options.max_sequence_length, **call)
+        else:
+            if options.control == "3dis":
+                embeds, pooled, state = _threedis_inputs(pipe, layout, options, grid, device)
+                make = ThreeDISFluxAttnProcessor
+            else:
+                embeds, pooled, state = _ast_inputs(pipe, layout, options, grid, device)
+                make = ASTFluxAttnProcessor
+            order = flux_processor_order(transformer)
+            double = sum(1 for key in order if key.startswith("transformer_blocks."))
+            state.calls_per_step = len(order)
+            processors = {key: make(state, published_call(index, double, len(order) - double) if make is
+                                    ASTFluxAttnProcessor else index) for index, key in enumerate(order)}
+            transformer.set_attn_processor(processors)
+            hook = transformer.register_forward_pre_hook(_StepTracker(state), with_kwargs=True)
+            result = pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, **call)
+    finally:
+        if hook is not None:
+            hook.remove()
+        transformer.set_attn_processor(original)
+    image = np.clip(np.round(result.images[0] * 255), 0, 255).astype(np.uint8)
+    labels, source = layout_label_map(image, layout, sam_checkpoint)
+    return ComposedImage(image, labels, source, options.control, time.perf_counter() - start)
+
+
+def layout_label_map(image: np.ndarray, layout: Layout, sam_checkpoint: str | Path | None = None
+                     ) -> tuple[np.ndarray, str]:
+    """The instance label map of a generated image: SAM prompted with the layout's boxes when a
+    checkpoint is given (or ``MIDI3D_SAM_CHECKPOINT`` is set), else the layout's own masks / boxes."""
+    import os
+
+    checkpoint = sam_checkpoint or os.environ.get("MIDI3D_SAM_CHECKPOINT")
+    if checkpoint:
+        from ..segmentation.sam import SamSegmenter
+
+        boxes = [i.pixel_box(layout.width, layout.height) for i in layout.instances]
+        labels = SamSegmenter(checkpoint, boxes=boxes, max_instances=len(boxes)).segment(image)
+        return labels, "sam (box prompts)"
+    kinds = {"mask" if i.mask is not None else "box" for i in layout.instances}
+    source = {frozenset({"mask"}): "layout masks", frozenset({"box"}): "layout boxes"}.get(
+        frozenset(kinds), "layout masks and boxes")
+    return layout.label_map(), source
+
+
+def write_composed(result: ComposedImage, path: str | Path) -> list[Path]:
+    """Write the image (PNG), its label map ``<stem>_seg.png`` and an overlay ``<stem>_overlay.png``,
+    each atomically; returns the paths."""
+    import io
+
+    from PIL import Image
+
+    from ..io.files import write_atomic
+    from ..segmentation.base import save_label_map, save_overlay
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    Image.fromarray(result.image).save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue())
+    seg = save_label_map(result.labels, path.with_name(f"{path.stem}_seg.png"))
+    preview = save_overlay(result.image, result.labels, path.with_name(f"{path.stem}_overlay.png"))
+    return [path, seg, preview]
