@@ -114,13 +114,17 @@ def _check_sampling(steps: int | None, guidance: float | None, resolution: int |
 class ComposeControl(str, Enum):
     threedis = "3dis"
     ast = "ast"
+    instanceassemble = "instanceassemble"
     none = "none"
 
 
 ImageModelOpt = Annotated[Path | None, typer.Option("--image-model", help="Local FLUX pipeline folder (e.g. "
                                                    "black-forest-labs/FLUX.1-dev) for the layout's image.")]
 ComposeControlOpt = Annotated[ComposeControl, typer.Option("--image-control", help="Layout control of the image "
-                              "model: 3dis (3DIS-FLUX masks), ast (AST reweighting) or none. See docs/compose.md.")]
+                              "model: 3dis (3DIS-FLUX masks), ast (AST reweighting), instanceassemble (its released "
+                              "weights, --instanceassemble) or none. See docs/compose.md.")]
+InstanceAssembleOpt = Annotated[Path | None, typer.Option("--instanceassemble", help="InstanceAssemble's released "
+                                "checkpoint folder (pytorch_lora_weights.safetensors + layout.pth/.safetensors).")]
 
 
 @app.command()
@@ -169,6 +173,7 @@ def generate(
     image_model: ImageModelOpt = None,
     image_control: ComposeControlOpt = ComposeControl.threedis,
     image_steps: int = typer.Option(20, "--image-steps", min=1, help="--layout: denoising steps of the image model."),
+    instanceassemble: InstanceAssembleOpt = None,
     trust_pickle: bool = typer.Option(False, "--trust-pickle",
                                       help="Allow pickled .bin/.ckpt weights (loaded with weights_only=True)."),
     quiet: QuietOpt = False,
@@ -193,7 +198,7 @@ def generate(
         torch_dtype = resolve_dtype(dtype.value, device)
         if layout is not None:
             out, work = _plan_layout_outputs(input, seg, layout, output, image_model, image_control, image_steps, seed,
-                                             device, quiet)
+                                             device, quiet, instanceassemble, trust_pickle)
         else:
             if input is None:
                 raise InputError("give a scene image (or a folder), or --layout LAYOUT")
@@ -215,7 +220,8 @@ def generate(
 
 
 def _plan_layout_outputs(input, seg, layout: Path, output: Path | None, image_model, image_control, image_steps: int,
-                         seed: int, device: str, quiet: bool):
+                         seed: int, device: str, quiet: bool, instanceassemble: Path | None = None,
+                         trust_pickle: bool = False):
     """``generate --layout``: compose the image first; it and its label map are written next to
     the scene as ``<scene>_image.png`` / ``_image_seg.png`` / ``_image_overlay.png``."""
     from .compose.flux import write_composed
@@ -227,7 +233,8 @@ def _plan_layout_outputs(input, seg, layout: Path, output: Path | None, image_mo
         raise InputError("--layout replaces the image and --seg: give one or the other")
     out = check_output_format(output or Path(f"{layout.stem}.glb"))
     _require_writable(out.parent)
-    _, result = _compose(layout, image_model, image_control, image_steps, 3.5, seed, 64, None, device, quiet)
+    _, result = _compose(layout, image_model, image_control, image_steps, 3.5, seed, 64, None, device, quiet,
+                         instanceassemble, 0.3, trust_pickle)
     written = write_composed(result, out.with_name(f"{out.stem}_image.png"))
     if not quiet:
         err_console.print(f"{written[0]}: layout image ({result.control} control), label map from "
@@ -316,7 +323,8 @@ def _parse_prompts(values: list[str], size: int, flag: str) -> list[tuple[float,
 
 
 def _compose(layout_path: Path, image_model: Path | None, control: ComposeControl, steps: int, guidance: float,
-             seed: int, instance_tokens: int, sam_checkpoint: Path | None, device: str, quiet: bool):
+             seed: int, instance_tokens: int, sam_checkpoint: Path | None, device: str, quiet: bool,
+             instanceassemble: Path | None = None, grounding_ratio: float = 0.3, trust_pickle: bool = False):
     """Validate the layout and the options, load the image model, compose; errors are one line."""
     from .compose import load_layout
     from .compose.flux import ComposeOptions, compose_image, load_image_model
@@ -324,7 +332,8 @@ def _compose(layout_path: Path, image_model: Path | None, control: ComposeContro
 
     layout = load_layout(layout_path)
     options = ComposeOptions(control=control.value, steps=steps, guidance=guidance, seed=seed,
-                             instance_tokens=instance_tokens)
+                             instance_tokens=instance_tokens, instanceassemble=instanceassemble,
+                             grounding_ratio=grounding_ratio, trust_pickle=trust_pickle)
     if image_model is None:
         raise InputError("--image-model: a local FLUX pipeline folder is needed to turn a layout into an image")
     pipe = load_image_model(image_model, device=device)
@@ -344,6 +353,11 @@ def compose(
     guidance: float = typer.Option(3.5, "--guidance", help="FLUX guidance (distilled guidance embedding)."),
     seed: SeedOpt = DEFAULT_SEED,
     instance_tokens: int = typer.Option(64, "--instance-tokens", min=1, help="3dis: T5 tokens per prompt segment."),
+    instanceassemble: InstanceAssembleOpt = None,
+    grounding_ratio: float = typer.Option(0.3, "--grounding-ratio", min=0.0, max=1.0,
+                                          help="instanceassemble: layout control in the first int(r·steps) steps."),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow InstanceAssemble's released layout.pth "
+                                      "(a pickle; loaded with weights_only=True)."),
     sam_checkpoint: Path | None = typer.Option(None, "--sam-checkpoint", help="SAM checkpoint for the label map "
                                                "(box prompts); default $MIDI3D_SAM_CHECKPOINT, else the "
                                                "layout's masks/boxes."),
@@ -361,7 +375,7 @@ def compose(
             raise InputError(f"{output}: the scene image is written as PNG (use a .png name)")
         _require_writable(output.parent)
         _, result = _compose(layout, image_model, control, steps, guidance, seed, instance_tokens, sam_checkpoint,
-                             device, quiet)
+                             device, quiet, instanceassemble, grounding_ratio, trust_pickle)
         written = write_composed(result, output)
     if not quiet:
         console.print(f"{written[0]}: {result.labels.max()} instance(s), {result.control} control, label map from "

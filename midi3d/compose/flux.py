@@ -25,7 +25,7 @@ from .ast import ASTConfig, ASTFluxAttnProcessor, ASTState, build_maps, find_spa
 from .layout import Layout
 from .threedis import ThreeDISConfig, ThreeDISFluxAttnProcessor, ThreeDISState, box_token_grid
 
-CONTROLS = ("3dis", "ast", "none")
+CONTROLS = ("3dis", "ast", "instanceassemble", "none")
 ARTICLES = {"a", "an", "the", "some", "one", "two", "three"}
 MISSING_MODEL = ("{folder}: image model folder not found; download a FLUX pipeline folder (black-forest-labs/"
                  "FLUX.1-dev, or FLUX.1-schnell) and pass its local path (no weights are downloaded)")
@@ -41,10 +41,19 @@ class ComposeOptions:
     instance_tokens: int = 64  # 3dis: T5 tokens per prompt segment (the official default: 200)
     threedis: ThreeDISConfig = field(default_factory=ThreeDISConfig)
     ast: ASTConfig = field(default_factory=ASTConfig)
+    instanceassemble: Path | None = None  # the released checkpoint folder (LoRA + layout weights)
+    grounding_ratio: float = 0.3  # instanceassemble: layout control in the first int(r · steps) steps
+    layout_scale: float = 1.0
+    trust_pickle: bool = False  # instanceassemble: allow the released layout.pth
 
     def __post_init__(self):
         if self.control not in CONTROLS:
             raise InputError(f"--control {self.control}: use one of {', '.join(CONTROLS)}")
+        if self.control == "instanceassemble" and self.instanceassemble is None:
+            raise InputError("instanceassemble needs its released weights: --instanceassemble FOLDER (with "
+                             "pytorch_lora_weights.safetensors and layout.pth / layout.safetensors)")
+        if not 0 <= self.grounding_ratio <= 1:
+            raise InputError(f"grounding ratio {self.grounding_ratio}: must be in [0, 1]")
         if self.steps < 1:
             raise InputError(f"--steps {self.steps}: must be >= 1")
 
@@ -180,6 +189,29 @@ def _ast_inputs(pipe, layout: Layout, options: ComposeOptions, grid: np.ndarray,
     return embeds, pooled, ASTState(options.ast, maps, [])
 
 
+def _instanceassemble_call(pipe, layout: Layout, options: ComposeOptions, latent_hw, device, call: dict):
+    """The plain pipeline with InstanceAssemble's branch hooked into its transformer."""
+    from .instanceassemble import GroundingSchedule, ia_layout, image_ids, layout_texts, load_instanceassemble
+
+    key = str(Path(options.instanceassemble).resolve())
+    cached = getattr(pipe, "_midi3d_instanceassemble", None)
+    if cached is None or cached[0] != key:  # the LoRA is loaded into the transformer once per folder
+        cached = (key, load_instanceassemble(pipe.transformer, options.instanceassemble, options.trust_pickle))
+        pipe._midi3d_instanceassemble = cached
+    adapter = cached[1]
+    texts = layout_texts([i.description for i in layout.instances], [i.category for i in layout.instances])
+    pooled_texts = pipe._get_clip_prompt_embeds(prompt=texts, device=device)
+    layout_inputs = ia_layout(layout.boxes, pooled_texts.cpu(), *latent_hw)
+    embeds, pooled = _encode(pipe, layout.prompt, options.max_sequence_length, device)
+    schedule = GroundingSchedule(adapter, options.steps, options.grounding_ratio, options.layout_scale)
+    hook = pipe.transformer.register_forward_pre_hook(schedule, with_kwargs=True)
+    try:
+        with adapter.layout(layout_inputs, image_ids(*latent_hw).to(device), options.layout_scale):
+            return pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, **call)
+    finally:
+        hook.remove()
+
+
 def compose_image(pipe, layout: Layout, options: ComposeOptions | None = None,
                   sam_checkpoint: str | Path | None = None) -> ComposedImage:
     """Generate the layout's scene image with ``pipe`` (a diffusers ``FluxPipeline``) and its
@@ -202,6 +234,8 @@ def compose_image(pipe, layout: Layout, options: ComposeOptions | None = None,
     try:
         if options.control == "none":
             result = pipe(prompt=layout.prompt, max_sequence_length=options.max_sequence_length, **call)
+        elif options.control == "instanceassemble":
+            result = _instanceassemble_call(pipe, layout, options, grid.shape[1:], device, call)
         else:
             if options.control == "3dis":
                 embeds, pooled, state = _threedis_inputs(pipe, layout, options, grid, device)
