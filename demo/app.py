@@ -3,7 +3,8 @@
 API endpoints (``gradio_client``): ``/segment`` (image, mode, label map, points, boxes → label
 map, overlay, ids, count), ``/generate`` (image, label map, steps, guidance, seed, layers, control → viewer,
 scene GLB (textured, with the estimated camera), zip (textured and untextured scene, one GLB per
-object), summary, overlay picture).
+object), summary, overlay picture), ``/compose`` (layout text, control, seed → composed image, label
+overlay, status, and the page's image, mode, label map and current label map: the composed inputs).
 """
 
 # No `from __future__ import annotations`: Gradio resolves gr.Request / gr.SelectData from real annotations.
@@ -92,11 +93,17 @@ def _handlers(backend: DemoBackend, config: DemoConfig) -> SimpleNamespace:
         overlay = None if result.overlay is None else str(result.overlay)
         return viewer, str(result.scene), str(result.download), result.summary, overlay
 
+    def compose(layout_text, control, seed, request: gr.Request):
+        result = backend.compose(_session(request), layout_text, control, seed)
+        # the composed image and its label map become the page's inputs (mode: label map)
+        return (result["image"], result["overlay"], result["summary"], result["image"], "label map",
+                result["label_file"], result["label_file"])
+
     def release(request: gr.Request):
         backend.release(getattr(request, "session_hash", None))
 
     handlers = dict(show_image=show_image, segment=segment, remove=remove, merge=merge, click=click,
-                    generate=generate)
+                    generate=generate, compose=compose)
     return SimpleNamespace(**{k: _guarded(v) for k, v in handlers.items()}, release=release)
 
 
@@ -152,6 +159,39 @@ def _generation_block(gr, ui: SimpleNamespace, defaults) -> None:
                                     interactive=False, elem_id="alignment-overlay")
 
 
+EXAMPLE_LAYOUT = """size: [512, 512]
+prompt: a living room with a green sofa and a floor lamp
+instances:
+  - box: [60, 250, 380, 470]
+    description: a green velvet sofa
+    category: sofa
+  - box: [400, 80, 470, 450]
+    description: a brass floor lamp
+    category: lamp
+"""
+
+
+def _layout_tab(gr, ui: SimpleNamespace, enabled: bool) -> None:
+    """Layout → image (FLUX with a layout control) → the page's image and label map."""
+    note = ("Write the layout (boxes in pixels: x0, y0, x1, y1; descriptions), compose the image, then press "
+            "Generate below: the image and the layout's label map become the inputs.")
+    if not enabled:
+        note += " **This server has no image model** (start it with `--image-model FOLDER`)."
+    gr.Markdown(note)
+    with gr.Row():
+        with gr.Column():
+            ui.layout_text = gr.Code(EXAMPLE_LAYOUT, language="yaml", label="Layout (YAML or JSON)",
+                                     elem_id="layout-text")
+            with gr.Row():
+                ui.layout_control = gr.Dropdown(["3dis", "ast", "none"], value="3dis", label="Layout control")
+                ui.layout_seed = gr.Number(0, precision=0, label="Seed")
+            ui.compose_button = gr.Button("Compose image", elem_id="compose")
+        with gr.Column():
+            ui.composed = gr.Image(label="Composed image", interactive=False, type="filepath", elem_id="composed")
+            ui.composed_overlay = gr.Image(label="Layout label map", interactive=False, type="filepath")
+            ui.compose_status = gr.Markdown("", elem_id="compose-status")
+
+
 def _wire(ui: SimpleNamespace, on: SimpleNamespace, labels_state, pending_corner) -> None:
     label_outputs = [ui.current_labels, ui.overlay, labels_state, ui.selected, ui.count]
     ui.image_file.change(on.show_image, [ui.image_file], [ui.picker, ui.points, ui.boxes, labels_state, ui.selected],
@@ -162,6 +202,9 @@ def _wire(ui: SimpleNamespace, on: SimpleNamespace, labels_state, pending_corner
                             api_name="segment", concurrency_limit=2)
     ui.remove_button.click(on.remove, [ui.image_file, labels_state, ui.selected], label_outputs, api_name=False)
     ui.merge_button.click(on.merge, [ui.image_file, labels_state, ui.selected], label_outputs, api_name=False)
+    ui.compose_button.click(on.compose, [ui.layout_text, ui.layout_control, ui.layout_seed],
+                            [ui.composed, ui.composed_overlay, ui.compose_status, ui.image_file, ui.mode, ui.label_file,
+                             ui.current_labels], api_name="compose", concurrency_limit=1, concurrency_id="generate")
     ui.generate_button.click(on.generate, [ui.image_file, ui.current_labels, ui.steps, ui.guidance, ui.seed,
                                            ui.layers, ui.control],
                              [ui.viewer, ui.scene_download, ui.objects_download, ui.status, ui.alignment_overlay],
@@ -184,9 +227,11 @@ def build_demo(config: DemoConfig, pipe=None):
         gr.Markdown("## midi3d: one photo → 3D objects in one scene\nUpload a scene photo, choose the objects, "
                     "generate, then view and download the meshes.")
         labels_state, pending_corner = gr.State(None), gr.State(None)
-        with gr.Row():
+        with gr.Tab("From a photo"), gr.Row():
             ui = _input_column(gr)
             _instances_column(gr, ui)
+        with gr.Tab("From a layout"):
+            _layout_tab(gr, ui, config.image_model is not None)
         _generation_block(gr, ui, backend.pipe.sampling_defaults)
         rows = examples()
         if rows:

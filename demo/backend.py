@@ -31,6 +31,8 @@ class DemoConfig:
     work_dir: Path | None = None        # per-session folders are made under it (default: system temp)
     resolution: int | None = None       # mesh extraction grid (None: the model folder's default)
     cache_ttl_s: int = 240              # Gradio deletes uploads and results older than this (checked every ttl/2)
+    image_model: Path | None = None     # FLUX pipeline folder for the "From a layout" tab (None: tab disabled)
+    image_steps: int = 20
 
 
 def examples() -> list[list[str]]:
@@ -83,6 +85,7 @@ class DemoBackend:
         self.lock = threading.Lock()
         self._pipe = pipe
         self._sam = None
+        self._image_pipe = None
 
     def start_sweeper(self, page=None) -> None:
         """Every ``cache_ttl_s / 2``: remove the empty upload stubs Gradio leaves behind, the files
@@ -154,6 +157,42 @@ class DemoBackend:
         label_file = save_label_map(labels, self.folders.fresh(f"{session}-seg") / "labels.png")
         return {"label_file": str(label_file), "overlay": preview(rgb, labels), "labels": labels,
                 "ids": [str(i) for i in instance_ids(labels)]}
+
+    def compose(self, session: str, layout_text: str, control: str, seed: int) -> dict:
+        """The "From a layout" tab: a YAML/JSON layout → ``{"image", "label_file", "overlay", "summary"}``
+        (files in the session's folder; serialised with generation)."""
+        import yaml
+
+        from ..compose import layout_from_data
+        from ..compose.flux import ComposeOptions, compose_image, load_image_model, write_composed
+
+        if self.config.image_model is None:
+            raise InputError("this demo has no image model: start it with --image-model FOLDER (a local FLUX "
+                             "pipeline folder) to turn layouts into images")
+        if control not in ("3dis", "ast", "none"):
+            raise InputError(f"layout control {control!r}: choose 3dis, ast or none")
+        try:
+            data = yaml.safe_load(layout_text or "")
+        except yaml.YAMLError as err:
+            raise InputError(f"layout: not valid YAML/JSON ({str(err).splitlines()[0]})") from None
+        if isinstance(data, dict) and any(isinstance(i, dict) and "mask" in i for i in data.get("instances") or []):
+            raise InputError("layout: masks are not accepted in the demo (boxes only)")
+        layout = layout_from_data(data, source="layout")
+        if len(layout.instances) > self.config.limits.max_instances:
+            raise InputError(f"layout: {len(layout.instances)} instances exceed this demo's limit of "
+                             f"{self.config.limits.max_instances}")
+        if max(layout.width, layout.height) > self.config.limits.max_side:
+            raise InputError(f"layout: size {layout.width}x{layout.height} exceeds this demo's {self.config.limits.max_side}")
+        with self.lock:
+            if self._image_pipe is None:
+                self._image_pipe = load_image_model(self.config.image_model)
+            options = ComposeOptions(control=control, steps=self.config.image_steps, seed=int(seed))
+            result = compose_image(self._image_pipe, layout, options, self.config.sam_checkpoint)
+            image, label_file, overlay_file = write_composed(result, self.folders.fresh(f"{session}-seg") / "layout.png")
+            release_memory()
+        summary = (f"{len(layout.instances)} instance(s), {control} control, label map from {result.label_source}, "
+                   f"in {result.seconds:.1f}s; the image and its label map are now the inputs: press Generate")
+        return {"image": str(image), "label_file": str(label_file), "overlay": str(overlay_file), "summary": summary}
 
     def release(self, session: str | None) -> None:
         """Remove a closed session's folders."""

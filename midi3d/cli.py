@@ -535,6 +535,7 @@ def demo(
     resolution: ResolutionOpt = None,
     cache_ttl: int = typer.Option(240, "--cache-ttl", min=2,
                                   help="Seconds before Gradio deletes uploads and results of past requests."),
+    image_model: ImageModelOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Serve the Gradio demo (one generation at a time, bounded queue)."""
@@ -550,8 +551,10 @@ def demo(
         _check_sampling(None, None, resolution, None)
     if not quiet:
         console.print(f"midi3d demo on http://{host}:{port} (Ctrl+C to stop)", highlight=False)
-    launch(DemoConfig(limits, model=model, sam_checkpoint=sam_checkpoint, resolution=resolution, cache_ttl_s=cache_ttl),
-           host=host, port=port, share=share)
+    if image_model is not None and not (image_model / "model_index.json").is_file():
+        _fail(f"{image_model}: not a pipeline folder (no model_index.json); the layout tab needs a local FLUX folder")
+    launch(DemoConfig(limits, model=model, sam_checkpoint=sam_checkpoint, resolution=resolution, cache_ttl_s=cache_ttl,
+                      image_model=image_model), host=host, port=port, share=share)
 
 
 class IcpMode(str, Enum):

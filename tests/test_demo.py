@@ -210,3 +210,57 @@ def test_browser_upload_generate_view_download(server, example):
             expect(page.get_by_text("not-an-image.png: not an image").first).to_be_visible(timeout=30_000)
         finally:
             browser.close()
+
+
+SMALL_LAYOUT = """size: [96, 64]
+prompt: a living room with a sofa and a lamp
+instances:
+  - box: [5, 10, 50, 60]
+    description: a red sofa
+    category: sofa
+  - box: [60, 5, 90, 40]
+    description: a white lamp
+"""
+
+
+@pytest.fixture(scope="module")
+def layout_server(tmp_path_factory):
+    from tiny_flux import build_tiny_flux
+
+    from midi3d.demo.app import DemoConfig, launch
+    from midi3d.demo.session import DemoLimits
+    from midi3d.models.factory import PipelineSpec, build_pipeline
+
+    pipe = build_pipeline(PipelineSpec(**TEST_SPEC))
+    pipe.set_progress_bar_config(disable=True)
+    flux = build_tiny_flux(tmp_path_factory.mktemp("flux") / "tiny-flux")
+    config = DemoConfig(DemoLimits(max_upload_mb=0.5, max_side=1024, max_instances=8, queue_size=4),
+                        work_dir=tmp_path_factory.mktemp("layout-work"), resolution=64, image_model=flux,
+                        image_steps=2)
+    port = _free_port()
+    page = launch(config, host="127.0.0.1", port=port, prevent_thread_lock=True, pipe=pipe)
+    yield {"url": f"http://127.0.0.1:{port}/", "page": page}
+    page.close()
+
+
+def test_the_layout_tab_composes_an_image_that_then_generates(layout_server):
+    from gradio_client import handle_file
+
+    client = _client(layout_server)
+    composed, overlay, status, image, mode, label_file, current = client.predict(SMALL_LAYOUT, "3dis", 0,
+                                                                                 api_name="/compose")
+    assert Image.open(composed).size == (96, 64) and mode == "label map"
+    assert set(np.unique(np.asarray(Image.open(current)))) == {0, 1, 2}
+    assert "layout boxes" in status
+    viewer, scene_glb, download, summary, _ = client.predict(handle_file(image), handle_file(current), 2, 3.0, 1,
+                                                             "default", "default", api_name="/generate")
+    assert summary.startswith("2/2 instances")
+    with pytest.raises(Exception, match="masks are not accepted"):
+        client.predict(SMALL_LAYOUT.replace("category: sofa", "mask: /etc/passwd"), "3dis", 0, api_name="/compose")
+    with pytest.raises(Exception, match="zero area"):
+        client.predict(SMALL_LAYOUT.replace("[5, 10, 50, 60]", "[5, 10, 5, 60]"), "3dis", 0, api_name="/compose")
+
+
+def test_the_layout_tab_says_when_there_is_no_image_model(server):
+    with pytest.raises(Exception, match="no image model"):
+        _client(server).predict(SMALL_LAYOUT, "3dis", 0, api_name="/compose")
