@@ -6,6 +6,8 @@ Variants (each in its own process; peak = growth of resident memory over the inp
 * ``fused``: ``scaled_dot_product_attention`` without a mask (the base model);
 * ``3dis``: the same kernel with 3DIS's boolean mask ``[1, 1, S, S]``;
 * ``ast``: AST's reweighting, which needs the probabilities, in query chunks (2^25 at a time);
+* ``instanceassemble``: the layout branch's attention, batched over 5 instances whose boxes
+  cover a quarter of the image each: [1 layout token; box tokens] per instance, padding masked;
 * ``dense``: the probabilities of all heads at once (what a naive reweighting would hold).
 
 Usage: python benchmarks/bench_compose_attention.py [--sizes 1152 2304] [--heads 24] [--threads 1]
@@ -48,9 +50,17 @@ def setup(variant: str, sequence: int, heads: int, head_dim: int, threads: int):
                        rng.random((image, text)) > 0.5, np.zeros((image, text)), np.zeros((image, text)))
         rule = LayerRule(True, "instance", "instance")
 
+    if variant == "instanceassemble":
+        box = image // 4 + 1
+        q, k, v = (torch.randn(5, heads, box, head_dim) for _ in range(3))
+        mask = torch.ones(5, 1, 1, box, dtype=torch.bool)
+        mask[1:, ..., box - box // 3:] = False  # unequal boxes: padded keys
+
     def run():
         with torch.no_grad():
-            if variant == "fused":
+            if variant == "instanceassemble":
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            elif variant == "fused":
                 out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
             elif variant == "3dis":
                 out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
@@ -79,7 +89,7 @@ def main() -> None:
           f"{dense_real:.0f} MiB)")
     print(f"{'variant':>8} {'MiB@' + str(small):>10} {'MiB@' + str(large):>10} {'s@' + str(large):>8} "
           f"{'MiB@' + str(REAL) + ' (est.)':>16} {'s@' + str(REAL) + ' (est.)':>14}")
-    for variant in ("fused", "3dis", "ast", "dense"):
+    for variant in ("fused", "3dis", "ast", "instanceassemble", "dense"):
         a = measure("bench_compose_attention", "setup", variant, small, args.heads, args.head_dim, args.threads)
         b = measure("bench_compose_attention", "setup", variant, large, args.heads, args.head_dim, args.threads)
         ratio = large / small
