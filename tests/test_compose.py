@@ -631,30 +631,37 @@ def test_ia_pickled_layout_needs_trust(ia_fixture, tmp_path):
         ia_model(config, folder=tmp_path / "nothing")
 
 
+def random_ia_weights(folder: Path, blocks: list[str], text_dim: int, width: int = 32) -> Path:
+    """A random InstanceAssemble checkpoint folder (layout encoder, layout_forward per block, a LoRA)."""
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    state = {"layout_net.text_embedder.linear_1.weight": torch.randn(width, text_dim, generator=g) * 0.1,
+             "layout_net.text_embedder.linear_1.bias": torch.zeros(width),
+             "layout_net.text_embedder.linear_2.weight": torch.randn(width, width, generator=g) * 0.1,
+             "layout_net.text_embedder.linear_2.bias": torch.zeros(width),
+             "layout_net.linears.linear_1.weight": torch.randn(16, width + 1152, generator=g) * 0.05,
+             "layout_net.linears.linear_1.bias": torch.zeros(16),
+             "layout_net.linears.linear_2.weight": torch.randn(width, 16, generator=g) * 0.1,
+             "layout_net.linears.linear_2.bias": torch.zeros(width)}
+    for block in blocks:
+        state[f"{block}.layout_forward.weight"] = torch.randn(width, width, generator=g) * 0.3
+        state[f"{block}.layout_forward.bias"] = torch.zeros(width)
+    lora = {f"transformer.{blocks[0]}.attn.to_q.lora_A.weight": torch.randn(4, width, generator=g) * 0.3,
+            f"transformer.{blocks[0]}.attn.to_q.lora_B.weight": torch.randn(width, 4, generator=g) * 0.3}
+    folder.mkdir(parents=True)
+    save_file(state, folder / "layout.safetensors")
+    save_file(lora, folder / "pytorch_lora_weights.safetensors")
+    return folder
+
+
 def test_instanceassemble_control_end_to_end_on_a_tiny_flux(flux_folder, tmp_path):
     """Random InstanceAssemble weights for the tiny FLUX: the control runs through the pipeline."""
     from safetensors.torch import save_file
 
     from midi3d.compose.flux import ComposeOptions, compose_image, load_image_model
 
-    g = torch.Generator().manual_seed(0)
-    layout_state = {"layout_net.text_embedder.linear_1.weight": torch.randn(32, 32, generator=g) * 0.1,
-                    "layout_net.text_embedder.linear_1.bias": torch.zeros(32),
-                    "layout_net.text_embedder.linear_2.weight": torch.randn(32, 32, generator=g) * 0.1,
-                    "layout_net.text_embedder.linear_2.bias": torch.zeros(32),
-                    "layout_net.linears.linear_1.weight": torch.randn(16, 32 + 1152, generator=g) * 0.05,
-                    "layout_net.linears.linear_1.bias": torch.zeros(16),
-                    "layout_net.linears.linear_2.weight": torch.randn(32, 16, generator=g) * 0.1,
-                    "layout_net.linears.linear_2.bias": torch.zeros(32)}
-    for block in ("transformer_blocks.0", "single_transformer_blocks.0"):
-        layout_state[f"{block}.layout_forward.weight"] = torch.randn(32, 32, generator=g) * 0.2
-        layout_state[f"{block}.layout_forward.bias"] = torch.zeros(32)
-    lora = {"transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(4, 32, generator=g) * 0.3,
-            "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(32, 4, generator=g) * 0.3}
-    folder = tmp_path / "ia"
-    folder.mkdir()
-    save_file(layout_state, folder / "layout.safetensors")
-    save_file(lora, folder / "pytorch_lora_weights.safetensors")
+    folder = random_ia_weights(tmp_path / "ia", ["transformer_blocks.0", "single_transformer_blocks.0"], text_dim=32)
     pipe = load_image_model(flux_folder)
     pipe.set_progress_bar_config(disable=True)
     options = ComposeOptions(control="instanceassemble", steps=4, max_sequence_length=32, instanceassemble=folder)
@@ -670,3 +677,54 @@ def test_instanceassemble_control_end_to_end_on_a_tiny_flux(flux_folder, tmp_pat
     # grounding ratio 0: the base model (prompt embeddings passed in rather than encoded inside the
     # call: float rounding only; the transformer-level test above checks bit identity)
     assert np.abs(zero.image.astype(int) - plain.image).max() <= 1
+
+
+@pytest.fixture(scope="module")
+def sd3_folder(tmp_path_factory):
+    from tiny_flux import build_tiny_sd3
+
+    return build_tiny_sd3(tmp_path_factory.mktemp("sd3") / "tiny-sd3")
+
+
+def test_instanceassemble_on_a_tiny_sd3_through_its_pipeline(sd3_folder, tmp_path):
+    """SD3: the branch after every joint block, with classifier-free guidance (batch 2)."""
+    from midi3d.compose.flux import ComposeOptions, compose_image, load_image_model
+
+    folder = random_ia_weights(tmp_path / "ia", ["transformer_blocks.0", "transformer_blocks.1"], text_dim=64)
+    pipe = load_image_model(sd3_folder)
+    pipe.set_progress_bar_config(disable=True)
+    layout = layout_from_data(LAYOUT)
+    common = dict(steps=4, max_sequence_length=16)
+    with_layout = compose_image(pipe, layout, ComposeOptions(control="instanceassemble", instanceassemble=folder,
+                                                             **common))
+    plain = compose_image(pipe, layout, ComposeOptions(control="none", **common))
+    zero = compose_image(pipe, layout, ComposeOptions(control="instanceassemble", instanceassemble=folder,
+                                                      grounding_ratio=0.0, **common))
+    assert with_layout.image.shape == (64, 96, 3) and with_layout.labels.shape == (64, 96)
+    assert np.abs(with_layout.image.astype(int) - plain.image).max() > 2
+    assert np.array_equal(zero.image, plain.image)  # no branch: the base pipeline exactly
+    with pytest.raises(InputError, match="runs on FLUX; this image model is SD3"):
+        compose_image(pipe, layout, ComposeOptions(control="3dis", **common))
+
+
+def test_instanceassemble_sd3_batched_equals_the_loop(sd3_folder, tmp_path):
+    from diffusers import SD3Transformer2DModel
+
+    from midi3d.compose.instanceassemble import ia_layout, load_instanceassemble
+
+    folder = random_ia_weights(tmp_path / "ia", ["transformer_blocks.0", "transformer_blocks.1"], text_dim=64)
+    transformer = SD3Transformer2DModel.from_pretrained(sd3_folder / "transformer").eval()
+    adapter = load_instanceassemble(transformer, folder)
+    layout = ia_layout(layout_from_data(LAYOUT).boxes, torch.randn(2, 64), 8, 12)
+    g = torch.Generator().manual_seed(1)
+    call = dict(hidden_states=torch.randn(2, 4, 8, 12, generator=g), encoder_hidden_states=torch.randn(2, 7, 32,
+                generator=g), pooled_projections=torch.randn(2, 64, generator=g), timestep=torch.tensor([500.0, 500.0]))
+    outputs = []
+    for batched in (True, False):
+        adapter.batched = batched
+        with adapter.layout(layout, None, 1.0), torch.no_grad():
+            outputs.append(transformer(**call).sample)
+    torch.testing.assert_close(outputs[0], outputs[1], atol=2e-6, rtol=1e-5)
+    with torch.no_grad():
+        base = transformer(**call).sample
+    assert (outputs[0] - base).abs().max() > 1e-3  # the branch changes the output; after the context it is gone

@@ -1,6 +1,6 @@
-"""Layout → scene image on diffusers' own ``FluxPipeline``, with a layout control set through
-diffusers' attention-processor API (``transformer.set_attn_processor``), then the instance label
-map for the 3D stage.
+"""Layout → scene image on diffusers' own ``FluxPipeline`` (or ``StableDiffusion3Pipeline`` for
+instanceassemble), with a layout control set through diffusers' attention-processor API
+(``transformer.set_attn_processor``) or forward hooks, then the instance label map for the 3D stage.
 
 * ``3dis``: 3DIS-FLUX's detail rendering (:mod:`.threedis`): global and per-instance prompts
   encoded separately and concatenated, attention masks per step;
@@ -67,16 +67,29 @@ class ComposedImage:
     seconds: float
 
 
+IMAGE_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline")
+
+
 def load_image_model(folder: str | Path, torch_dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """A local ``FluxPipeline`` folder; a missing one names the release to get."""
-    from diffusers import FluxPipeline
+    """A local ``FluxPipeline`` (or, for instanceassemble, ``StableDiffusion3Pipeline``) folder; a
+    missing one names the release to get."""
+    import json
+
+    import diffusers
 
     folder = Path(folder)
     if not (folder / "model_index.json").is_file():
         raise InputError(MISSING_MODEL.format(folder=folder))
+    name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    if name not in IMAGE_PIPELINES:
+        raise InputError(f"{folder}: a {name} folder; the layout path needs {' or '.join(IMAGE_PIPELINES)}")
     kwargs = {} if torch_dtype == torch.float32 else {"torch_dtype": torch_dtype}
-    pipe = FluxPipeline.from_pretrained(folder, local_files_only=True, **kwargs)
+    pipe = getattr(diffusers, name).from_pretrained(folder, local_files_only=True, **kwargs)
     return pipe.to(device)
+
+
+def is_sd3(pipe) -> bool:
+    return type(pipe).__name__.startswith("StableDiffusion3")
 
 
 def flux_processor_order(transformer) -> list[str]:
@@ -200,14 +213,20 @@ def _instanceassemble_call(pipe, layout: Layout, options: ComposeOptions, latent
         pipe._midi3d_instanceassemble = cached
     adapter = cached[1]
     texts = layout_texts([i.description for i in layout.instances], [i.category for i in layout.instances])
-    pooled_texts = pipe._get_clip_prompt_embeds(prompt=texts, device=device)
-    layout_inputs = ia_layout(layout.boxes, pooled_texts.cpu(), *latent_hw)
-    embeds, pooled = _encode(pipe, layout.prompt, options.max_sequence_length, device)
+    if is_sd3(pipe):  # pooled = both CLIPs' pooled embeddings, as SD3 conditions on them
+        pooled_texts = torch.cat([pipe._get_clip_prompt_embeds(prompt=texts, device=device, clip_model_index=i)[1]
+                                  for i in (0, 1)], -1)
+        ids, prompt = None, dict(prompt=layout.prompt, max_sequence_length=options.max_sequence_length)
+    else:
+        pooled_texts = pipe._get_clip_prompt_embeds(prompt=texts, device=device)
+        embeds, pooled = _encode(pipe, layout.prompt, options.max_sequence_length, device)
+        ids, prompt = image_ids(*latent_hw).to(device), dict(prompt_embeds=embeds, pooled_prompt_embeds=pooled)
+    layout_inputs = ia_layout(layout.boxes, pooled_texts.detach().cpu(), *latent_hw)
     schedule = GroundingSchedule(adapter, options.steps, options.grounding_ratio, options.layout_scale)
     hook = pipe.transformer.register_forward_pre_hook(schedule, with_kwargs=True)
     try:
-        with adapter.layout(layout_inputs, image_ids(*latent_hw).to(device), options.layout_scale):
-            return pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, **call)
+        with adapter.layout(layout_inputs, ids, options.layout_scale):
+            return pipe(**prompt, **call)
     finally:
         hook.remove()
 
@@ -219,12 +238,16 @@ def compose_image(pipe, layout: Layout, options: ComposeOptions | None = None,
     options = options or ComposeOptions()
     start = time.perf_counter()
     device = pipe._execution_device
-    height = layout.height // (pipe.vae_scale_factor * 2) * (pipe.vae_scale_factor * 2)
-    width = layout.width // (pipe.vae_scale_factor * 2) * (pipe.vae_scale_factor * 2)
+    sd3 = is_sd3(pipe)
+    if sd3 and options.control not in ("instanceassemble", "none"):
+        raise InputError(f"--image-control {options.control} runs on FLUX; this image model is SD3 (use "
+                         "instanceassemble or none)")
+    step = pipe.vae_scale_factor * (pipe.transformer.config.patch_size if sd3 else 2)
+    height, width = layout.height // step * step, layout.width // step * step
     if (height, width) != (layout.height, layout.width):
-        raise InputError(f"layout size {layout.width}x{layout.height}: FLUX needs multiples of "
-                         f"{pipe.vae_scale_factor * 2} pixels (e.g. {width}x{height})")
-    grid = _instance_grid(layout, height // (pipe.vae_scale_factor * 2), width // (pipe.vae_scale_factor * 2))
+        raise InputError(f"layout size {layout.width}x{layout.height}: this image model needs multiples of "
+                         f"{step} pixels (e.g. {width}x{height})")
+    grid = _instance_grid(layout, height // step, width // step)
     generator = torch.Generator("cpu").manual_seed(options.seed)
     call = dict(height=height, width=width, num_inference_steps=options.steps, guidance_scale=options.guidance,
                 generator=generator, output_type="np")

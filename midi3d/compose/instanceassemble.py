@@ -159,9 +159,7 @@ class InstanceAssembleFlux:
                  batched: bool = True):
         self.transformer = transformer
         self.batched = batched
-        config = transformer.config
-        self.double_blocks = [i for i in range(config.num_layers) if i % 3 == 0]
-        self.single_blocks = [0] if config.num_single_layers else []
+        self._layout_blocks(transformer.config)
         encoder_state = {k[len("layout_net."):]: v for k, v in layout_state.items() if k.startswith("layout_net.")}
         if not encoder_state:
             raise InputError("instanceassemble layout weights: no layout_net.* keys (not an InstanceAssemble "
@@ -192,6 +190,14 @@ class InstanceAssembleFlux:
         return ([f"transformer_blocks.{i}" for i in self.double_blocks]
                 + [f"single_transformer_blocks.{i}" for i in self.single_blocks])
 
+    def _block_hooks(self):
+        return ([(f"transformer_blocks.{i}", self._double_hook) for i in self.double_blocks]
+                + [(f"single_transformer_blocks.{i}", self._single_hook) for i in self.single_blocks])
+
+    def _layout_blocks(self, config) -> None:
+        self.double_blocks = [i for i in range(config.num_layers) if i % 3 == 0]
+        self.single_blocks = [0] if config.num_single_layers else []
+
     # -- LoRA switching ----------------------------------------------------------------------------
 
     def _set_lora(self, modules, on: bool) -> None:
@@ -214,15 +220,16 @@ class InstanceAssembleFlux:
     # -- activation --------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def layout(self, layout: IALayout, img_ids: torch.Tensor, scale: float | None = 1.0):
+    def layout(self, layout: IALayout, img_ids: torch.Tensor | None, scale: float | None = 1.0):
         """Within this context every transformer call runs the layout branch with ``scale``
         (``self.scale`` may be changed between calls, e.g. by the grounding schedule)."""
         self.scale = scale
         transformer = self.transformer
-        device, dtype = img_ids.device, transformer.dtype
+        device, dtype = transformer.device, transformer.dtype
         valid = [k for k in range(layout.masks.shape[1]) if layout.masks[0, k] == 1]
-        ropes = [transformer.pos_embed(torch.cat([layout.text_ids[k:k + 1].to(device),
-                                                  img_ids[layout.image_indices[k].to(device)]], 0)) for k in valid]
+        ropes = [] if img_ids is None else [
+            transformer.pos_embed(torch.cat([layout.text_ids[k:k + 1].to(device),
+                                             img_ids[layout.image_indices[k].to(device)]], 0)) for k in valid]
         self._state = {"layout": layout, "valid": valid, "ropes": ropes, "tokens": None}
 
         def start(module, args, kwargs):
@@ -231,14 +238,9 @@ class InstanceAssembleFlux:
                                                      layout.text_embeddings.to(device, dtype))
 
         self._hooks = [transformer.register_forward_pre_hook(start, with_kwargs=True)]
-        for index in self.double_blocks:
-            block = transformer.transformer_blocks[index]
-            self._hooks.append(block.register_forward_hook(self._double_hook(f"transformer_blocks_{index}"),
-                                                           with_kwargs=True))
-        for index in self.single_blocks:
-            block = transformer.single_transformer_blocks[index]
-            self._hooks.append(block.register_forward_hook(self._single_hook(f"single_transformer_blocks_{index}"),
-                                                           with_kwargs=True))
+        for name, hook in self._block_hooks():
+            block = transformer.get_submodule(name)
+            self._hooks.append(block.register_forward_hook(hook(name.replace(".", "_")), with_kwargs=True))
         try:
             yield self
         finally:
@@ -253,13 +255,16 @@ class InstanceAssembleFlux:
         lengths = [len(layout.image_indices[k]) for k in valid]
         longest = max(lengths)
         image = hidden.new_zeros(len(valid), longest, hidden.shape[-1])
-        cos = hidden.new_zeros(len(valid), longest + 1, ropes[0][0].shape[-1], dtype=torch.float32)
-        sin = torch.zeros_like(cos)
+        cos = sin = None
+        if ropes:
+            cos = hidden.new_zeros(len(valid), longest + 1, ropes[0][0].shape[-1], dtype=torch.float32)
+            sin = torch.zeros_like(cos)
         mask = torch.zeros(len(valid), longest + 1, dtype=torch.bool, device=hidden.device)
         for row, (k, n) in enumerate(zip(valid, lengths)):
             image[row, :n] = hidden[0, layout.image_indices[k].to(hidden.device)]
-            cos[row, :n + 1], sin[row, :n + 1] = ropes[row][0].float(), ropes[row][1].float()
-            mask[row, :n + 1] = True
+            if ropes:
+                cos[row, :n + 1], sin[row, :n + 1] = ropes[row][0].float(), ropes[row][1].float()
+            mask[row, :n + 1] = True  # [layout token; box tokens] valid, the rest padding
         return image, tokens[0, valid][:, None], cos, sin, mask, lengths
 
     def _scatter_mean(self, hidden: torch.Tensor, outputs: torch.Tensor, lengths: list[int]) -> torch.Tensor:
@@ -296,13 +301,25 @@ class InstanceAssembleFlux:
             return torch.cat(outs, 0)
         return torch.cat(outs, 0), torch.cat(context_outs, 0)
 
-    def _double_hook(self, name: str):
+    def _per_row(self, row):
+        """A forward hook running ``row(block, hidden [1, L, D], temb [1, D], tokens [1, K, D])`` for
+        each batch row (classifier-free guidance batches the prompts; the layout is the same)."""
         def hook(block, args, kwargs, output):
             if not self.scale or not self._state["valid"]:
                 return output
             encoder_hidden, hidden = output
             temb = kwargs.get("temb", args[2] if len(args) > 2 else None)
             tokens = self._state["tokens"]
+            if tokens.shape[0] != hidden.shape[0]:
+                tokens = tokens.expand(hidden.shape[0], -1, -1)
+            rows = [row(block, hidden[b:b + 1], temb[b:b + 1], tokens[b:b + 1]) for b in range(hidden.shape[0])]
+            self._state["tokens"] = torch.cat([r[1] for r in rows], 0)
+            return encoder_hidden, torch.cat([r[0] for r in rows], 0)
+
+        return hook
+
+    def _double_hook(self, name: str):
+        def row(block, hidden, temb, tokens):
             with self._lora_on(block.norm1.linear, block.norm1_context.linear):
                 norm_hidden, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, emb=temb)
                 norm_tokens, l_gate_msa, l_shift_mlp, l_scale_mlp, l_gate_mlp = block.norm1_context(tokens, emb=temb)
@@ -322,18 +339,12 @@ class InstanceAssembleFlux:
             with self._lora_on(block.ff_context.net[2]):
                 normed = block.norm2_context(tokens) * (1 + l_scale_mlp[:, None]) + l_shift_mlp[:, None]
                 tokens = tokens + l_gate_mlp.unsqueeze(1) * block.ff_context(normed)
-            self._state["tokens"] = tokens
-            return encoder_hidden, hidden
+            return hidden, tokens
 
-        return hook
+        return self._per_row(row)
 
     def _single_hook(self, name: str):
-        def hook(block, args, kwargs, output):
-            if not self.scale or not self._state["valid"]:
-                return output
-            encoder_hidden, hidden = output
-            temb = kwargs.get("temb", args[2] if len(args) > 2 else None)
-            tokens = self._state["tokens"]
+        def row(block, hidden, temb, tokens):
             image, context, cos, sin, mask, lengths = self._padded(hidden, tokens)
             sequence = torch.cat([context, image], 1)
             with self._lora_on(block.norm.linear, block.proj_mlp):
@@ -348,10 +359,89 @@ class InstanceAssembleFlux:
             hidden = hidden + added
             layout_add = torch.zeros_like(tokens)
             layout_add[0, self._state["valid"]] = out[:, 0]
-            self._state["tokens"] = tokens + layout_add
-            return encoder_hidden, hidden
+            return hidden, tokens + layout_add
 
-        return hook
+        return self._per_row(row)
+
+
+def _sd3_attention(attn, image: torch.Tensor, context: torch.Tensor, valid: torch.Tensor):
+    """SD3's joint attention (``[image; context]``, diffusers' ``JointAttnProcessor2_0`` order) over
+    a padded batch with padded keys masked."""
+    batch, heads = image.shape[0], attn.heads
+
+    def split(x: torch.Tensor) -> torch.Tensor:
+        return x.view(batch, -1, heads, x.shape[-1] // heads).transpose(1, 2)
+
+    query, key, value = split(attn.to_q(image)), split(attn.to_k(image)), split(attn.to_v(image))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    c_query, c_key, c_value = split(attn.add_q_proj(context)), split(attn.add_k_proj(context)), split(
+        attn.add_v_proj(context))
+    if attn.norm_added_q is not None:
+        c_query = attn.norm_added_q(c_query)
+    if attn.norm_added_k is not None:
+        c_key = attn.norm_added_k(c_key)
+    query, key, value = (torch.cat(pair, 2) for pair in ((query, c_query), (key, c_key), (value, c_value)))
+    keys = torch.cat([valid[:, 1:], valid[:, :1]], 1)  # the mask is [layout; image]: reorder to [image; layout]
+    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=keys[:, None, None, :])
+    out = out.transpose(1, 2).reshape(batch, -1, heads * out.shape[-1]).to(query.dtype)
+    image_out, context_out = out[:, :image.shape[1]], out[:, image.shape[1]:]
+    if not attn.context_pre_only:
+        context_out = attn.to_add_out(context_out)
+    return attn.to_out[1](attn.to_out[0](image_out)), context_out
+
+
+class InstanceAssembleSD3(InstanceAssembleFlux):
+    """The SD3 form: the layout branch after every joint block (no RoPE: SD3's positions are in its
+    patch embedding); the last block, whose context is pre-only, does not update the layout tokens."""
+
+    def _layout_blocks(self, config) -> None:
+        self.double_blocks = list(range(config.num_layers))
+        self.single_blocks = []
+
+    def _block_hooks(self):
+        return [(f"transformer_blocks.{i}", self._joint_hook) for i in self.double_blocks]
+
+    def _joint_hook(self, name: str):
+        def row(block, hidden, temb, tokens):
+            pre_only = block.context_pre_only
+            with self._lora_on(block.norm1.linear, block.norm1_context.linear):
+                norm_hidden, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1(hidden, emb=temb)[:5]
+                if pre_only:
+                    norm_tokens = block.norm1_context(tokens, temb)
+                else:
+                    norm_tokens, l_gate_msa, l_shift_mlp, l_scale_mlp, l_gate_mlp = block.norm1_context(tokens, emb=temb)
+            image, context, _, _, mask, lengths = self._padded(norm_hidden, norm_tokens)
+            attn = block.attn
+            with self._lora_on(attn.to_q, attn.to_k, attn.to_v, attn.add_q_proj, attn.add_k_proj, attn.add_v_proj,
+                               attn.to_out[0], getattr(attn, "to_add_out", None)):
+                if self.batched:
+                    image_out, context_out = _sd3_attention(attn, image, context, mask)
+                else:
+                    outs, context_outs = [], []
+                    for index, n in enumerate(lengths):
+                        img_out, ctx_out = attn(hidden_states=image[index:index + 1, :n],
+                                                encoder_hidden_states=context[index:index + 1])
+                        outs.append(torch.nn.functional.pad(img_out, (0, 0, 0, image.shape[1] - n)))
+                        context_outs.append(ctx_out)
+                    image_out, context_out = torch.cat(outs, 0), torch.cat(context_outs, 0)
+            added = self._scatter_mean(hidden, self.scale * self.layout_forward[name](image_out), lengths)
+            hidden = hidden + gate_msa.unsqueeze(1) * added
+            with self._lora_on(block.ff.net[2]):
+                normed = block.norm2(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+                hidden = hidden + gate_mlp.unsqueeze(1) * block.ff(normed)
+            if not pre_only:
+                attended = torch.zeros_like(tokens)
+                attended[0, self._state["valid"]] = context_out[:, 0]
+                tokens = tokens + l_gate_msa.unsqueeze(1) * attended
+                with self._lora_on(block.ff_context.net[2]):
+                    normed = block.norm2_context(tokens) * (1 + l_scale_mlp[:, None]) + l_shift_mlp[:, None]
+                    tokens = tokens + l_gate_mlp.unsqueeze(1) * block.ff_context(normed)
+            return hidden, tokens
+
+        return self._per_row(row)
 
 
 def load_instanceassemble(transformer, folder: str | Path, allow_pickle: bool = False,
@@ -377,7 +467,8 @@ def load_instanceassemble(transformer, folder: str | Path, allow_pickle: bool = 
         layout_state = torch.load(folder / "layout.pth", map_location="cpu", weights_only=True)
     else:
         raise InputError(f"{folder}: no layout.safetensors or layout.pth (the InstanceAssemble layout weights)")
-    return InstanceAssembleFlux(transformer, layout_state, load_file(lora_path), batched=batched)
+    kind = InstanceAssembleSD3 if type(transformer).__name__.startswith("SD3") else InstanceAssembleFlux
+    return kind(transformer, layout_state, load_file(lora_path), batched=batched)
 
 
 def layout_texts(descriptions: list[str], categories: list[str | None]) -> list[str]:
