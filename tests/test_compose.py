@@ -657,8 +657,6 @@ def random_ia_weights(folder: Path, blocks: list[str], text_dim: int, width: int
 
 def test_instanceassemble_control_end_to_end_on_a_tiny_flux(flux_folder, tmp_path):
     """Random InstanceAssemble weights for the tiny FLUX: the control runs through the pipeline."""
-    from safetensors.torch import save_file
-
     from midi3d.compose.flux import ComposeOptions, compose_image, load_image_model
 
     folder = random_ia_weights(tmp_path / "ia", ["transformer_blocks.0", "single_transformer_blocks.0"], text_dim=32)

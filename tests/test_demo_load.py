@@ -24,7 +24,7 @@ from PIL import Image
 from conftest import TEST_SPEC
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "midi3d" / "assets" / "examples"
-CLIENTS, REQUESTS, QUEUE, TTL = 6, 5, 2, 6
+CLIENTS, REQUESTS, QUEUE, TTL = 6, 5, 2, 20  # TTL above the longest wait: 1 running + 2 queued generations (with camera and texture)
 
 
 def _rss_mib(pid: int) -> float:

@@ -23,9 +23,19 @@ def word_tokenizer(max_length: int):
                                    model_max_length=max_length)
 
 
+def tiny_vae():
+    """A 4-level (scale factor 8) random AutoencoderKL with FLUX's latent shift and scale."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
+                         up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 8, 8], latent_channels=4,
+                         layers_per_block=1, norm_num_groups=8, sample_size=32, use_quant_conv=False,
+                         use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+
+
 def build_tiny_flux(folder: Path, seed: int = 0) -> Path:
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -37,10 +47,7 @@ def build_tiny_flux(folder: Path, seed: int = 0) -> Path:
                                         projection_dim=32, eos_token_id=1, pad_token_id=0, bos_token_id=0))
     t5 = T5EncoderModel(T5Config(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, vocab_size=64,
                                  relative_attention_num_buckets=8))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-                        up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 8, 8], latent_channels=4,
-                        layers_per_block=1, norm_num_groups=8, sample_size=32, use_quant_conv=False,
-                        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    vae = tiny_vae()
     pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=clip, tokenizer=word_tokenizer(77),
                         text_encoder_2=t5, tokenizer_2=word_tokenizer(64), vae=vae, transformer=transformer)
     pipe.save_pretrained(folder)
@@ -50,7 +57,7 @@ def build_tiny_flux(folder: Path, seed: int = 0) -> Path:
 def build_tiny_sd3(folder: Path, seed: int = 0) -> Path:
     """A tiny random SD3 pipeline (two CLIP encoders with projections, T5, a 2-block transformer)."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
@@ -62,10 +69,7 @@ def build_tiny_sd3(folder: Path, seed: int = 0) -> Path:
                 max_position_embeddings=77, projection_dim=32, eos_token_id=1, pad_token_id=0, bos_token_id=0)
     t5 = T5EncoderModel(T5Config(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, vocab_size=64,
                                  relative_attention_num_buckets=8))
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * 4,
-                        up_block_types=["UpDecoderBlock2D"] * 4, block_out_channels=[8, 8, 8, 8], latent_channels=4,
-                        layers_per_block=1, norm_num_groups=8, sample_size=32, use_quant_conv=False,
-                        use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    vae = tiny_vae()
     pipe = StableDiffusion3Pipeline(scheduler=FlowMatchEulerDiscreteScheduler(), transformer=transformer, vae=vae,
                                     text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**clip)),
                                     tokenizer=word_tokenizer(77),

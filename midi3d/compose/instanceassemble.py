@@ -318,6 +318,24 @@ class InstanceAssembleFlux:
 
         return hook
 
+    def _image_update(self, block, name, hidden, image_out, lengths, gate_msa, shift_mlp, scale_mlp, gate_mlp):
+        """Scaled ``layout_forward`` of the branch, averaged over overlapping boxes and gated, then the
+        image FF once more over every image token (LoRA on ``ff.net.2``)."""
+        added = self._scatter_mean(hidden, self.scale * self.layout_forward[name](image_out), lengths)
+        hidden = hidden + gate_msa.unsqueeze(1) * added
+        with self._lora_on(block.ff.net[2]):
+            normed = block.norm2(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+            return hidden + gate_mlp.unsqueeze(1) * block.ff(normed)
+
+    def _token_update(self, block, tokens, context_out, gate_msa, shift_mlp, scale_mlp, gate_mlp):
+        """The layout tokens take their attention output and their FF (LoRA on ``ff_context.net.2``)."""
+        attended = torch.zeros_like(tokens)
+        attended[0, self._state["valid"]] = context_out[:, 0]
+        tokens = tokens + gate_msa.unsqueeze(1) * attended
+        with self._lora_on(block.ff_context.net[2]):
+            normed = block.norm2_context(tokens) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+            return tokens + gate_mlp.unsqueeze(1) * block.ff_context(normed)
+
     def _double_hook(self, name: str):
         def row(block, hidden, temb, tokens):
             with self._lora_on(block.norm1.linear, block.norm1_context.linear):
@@ -328,17 +346,9 @@ class InstanceAssembleFlux:
             with self._lora_on(attn.to_q, attn.to_k, attn.to_v, attn.add_q_proj, attn.add_k_proj, attn.add_v_proj,
                                attn.to_out[0], attn.to_add_out):
                 image_out, context_out = self._attention(attn, image, context, cos, sin, mask, single=False)
-            added = self._scatter_mean(hidden, self.scale * self.layout_forward[name](image_out), lengths)
-            hidden = hidden + gate_msa.unsqueeze(1) * added
-            with self._lora_on(block.ff.net[2]):
-                normed = block.norm2(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-                hidden = hidden + gate_mlp.unsqueeze(1) * block.ff(normed)
-            attended = torch.zeros_like(tokens)
-            attended[0, self._state["valid"]] = context_out[:, 0]
-            tokens = tokens + l_gate_msa.unsqueeze(1) * attended
-            with self._lora_on(block.ff_context.net[2]):
-                normed = block.norm2_context(tokens) * (1 + l_scale_mlp[:, None]) + l_shift_mlp[:, None]
-                tokens = tokens + l_gate_mlp.unsqueeze(1) * block.ff_context(normed)
+            hidden = self._image_update(block, name, hidden, image_out, lengths, gate_msa, shift_mlp, scale_mlp,
+                                        gate_mlp)
+            tokens = self._token_update(block, tokens, context_out, l_gate_msa, l_shift_mlp, l_scale_mlp, l_gate_mlp)
             return hidden, tokens
 
         return self._per_row(row)
@@ -427,18 +437,11 @@ class InstanceAssembleSD3(InstanceAssembleFlux):
                         outs.append(torch.nn.functional.pad(img_out, (0, 0, 0, image.shape[1] - n)))
                         context_outs.append(ctx_out)
                     image_out, context_out = torch.cat(outs, 0), torch.cat(context_outs, 0)
-            added = self._scatter_mean(hidden, self.scale * self.layout_forward[name](image_out), lengths)
-            hidden = hidden + gate_msa.unsqueeze(1) * added
-            with self._lora_on(block.ff.net[2]):
-                normed = block.norm2(hidden) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
-                hidden = hidden + gate_mlp.unsqueeze(1) * block.ff(normed)
+            hidden = self._image_update(block, name, hidden, image_out, lengths, gate_msa, shift_mlp, scale_mlp,
+                                        gate_mlp)
             if not pre_only:
-                attended = torch.zeros_like(tokens)
-                attended[0, self._state["valid"]] = context_out[:, 0]
-                tokens = tokens + l_gate_msa.unsqueeze(1) * attended
-                with self._lora_on(block.ff_context.net[2]):
-                    normed = block.norm2_context(tokens) * (1 + l_scale_mlp[:, None]) + l_shift_mlp[:, None]
-                    tokens = tokens + l_gate_mlp.unsqueeze(1) * block.ff_context(normed)
+                tokens = self._token_update(block, tokens, context_out, l_gate_msa, l_shift_mlp, l_scale_mlp,
+                                            l_gate_mlp)
             return hidden, tokens
 
         return self._per_row(row)
