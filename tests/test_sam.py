@@ -116,3 +116,20 @@ def test_generate_without_seg_uses_configured_sam(tiny_sam, tmp_path, monkeypatc
     assert result.exit_code == 2, result.output
     assert "automatic SAM segmentation found no object" in result.output
     assert not out.exists()
+
+
+def test_a_layout_label_map_from_sam_box_prompts(tiny_sam, image):
+    """The layout path's masks for the 3D stage: SAM prompted with the layout's boxes, one
+    instance per box in layout order (otherwise the layout's own boxes, and it says so)."""
+    from midi3d.compose import layout_from_data
+    from midi3d.compose.flux import layout_label_map
+
+    height, width = image.shape[:2]
+    layout = layout_from_data({"size": [width, height], "prompt": "blocks", "instances": [
+        {"box": [205, 145, 250, 235], "description": "a block"}, {"box": [40, 120, 110, 200], "description": "a cube"}]})
+    labels, source = layout_label_map(image, layout, tiny_sam)
+    assert source == "sam (box prompts)" and labels.shape == (height, width)
+    assert set(int(i) for i in np.unique(labels) if i) <= {1, 2} and (labels > 0).any()
+    assert not (labels == 1)[:, :200].any()  # box 1's instance stays in box 1
+    fallback, source = layout_label_map(image, layout, None)
+    assert source == "layout boxes" and set(np.unique(fallback)) == {0, 1, 2}
