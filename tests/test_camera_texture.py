@@ -294,3 +294,21 @@ def test_embedded_model_on_the_official_examples(tmp_path, examples_dir):
     # the shipped model's shapes on real photos are blobs: the score measures them (a camera looking
     # elsewhere scores ~0); on ground-truth meshes the same estimator reaches ~0.97
     assert scene.metadata["midi3d_reprojection_mean_iou"] > 0.15
+
+
+def test_the_demo_viewer_opens_at_the_estimated_eye():
+    """Gradio's orbit camera (alpha, beta in degrees, radius) around the scene's box centre, in the
+    viewer's left-handed frame (glTF z flipped)."""
+    from types import SimpleNamespace
+
+    from midi3d.demo.session import viewer_camera
+
+    meshes = [trimesh.creation.box(extents=(2, 2, 2))]  # centred at the origin
+    camera = PinholeCamera.look_at((0.0, 0.0, 5.0), (0, 0, 0), (0, 1, 0), 50, 64, 64)  # on +z
+    alpha, beta, radius = viewer_camera(SimpleNamespace(camera=camera), meshes)
+    assert radius == pytest.approx(5.0) and beta == pytest.approx(90.0) and alpha == pytest.approx(-90.0)
+    above = PinholeCamera.look_at((3.0, 4.0, 0.0), (0, 0, 0), (0, 1, 0), 50, 64, 64)
+    alpha, beta, radius = viewer_camera(SimpleNamespace(camera=above), meshes)
+    assert radius == pytest.approx(5.0) and alpha == pytest.approx(0.0) and beta == pytest.approx(np.degrees(
+        np.arccos(0.8)))
+    assert viewer_camera(None, meshes) is None
