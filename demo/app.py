@@ -93,6 +93,20 @@ def _handlers(backend: DemoBackend, config: DemoConfig) -> SimpleNamespace:
         overlay = None if result.overlay is None else str(result.overlay)
         return viewer, str(result.scene), str(result.download), result.summary, overlay
 
+    def canvas(layout_text):
+        from .layout_canvas import draw_layout
+
+        return draw_layout(layout_text)
+
+    def canvas_click(layout_text, description, pending, evt: gr.SelectData):
+        from .layout_canvas import add_box, draw_layout
+
+        corner = (evt.index[0], evt.index[1])
+        if pending is None:
+            return layout_text, draw_layout(layout_text), corner, "click the opposite corner"
+        text = add_box(layout_text, tuple(pending), corner, description)
+        return text, draw_layout(text), None, "box added"
+
     def compose(layout_text, control, seed, request: gr.Request):
         result = backend.compose(_session(request), layout_text, control, seed)
         # the composed image and its label map become the page's inputs (mode: label map)
@@ -103,7 +117,7 @@ def _handlers(backend: DemoBackend, config: DemoConfig) -> SimpleNamespace:
         backend.release(getattr(request, "session_hash", None))
 
     handlers = dict(show_image=show_image, segment=segment, remove=remove, merge=merge, click=click,
-                    generate=generate, compose=compose)
+                    generate=generate, compose=compose, canvas=canvas, canvas_click=canvas_click)
     return SimpleNamespace(**{k: _guarded(v) for k, v in handlers.items()}, release=release)
 
 
@@ -173,13 +187,19 @@ instances:
 
 def _layout_tab(gr, ui: SimpleNamespace, enabled: bool) -> None:
     """Layout → image (FLUX with a layout control) → the page's image and label map."""
-    note = ("Write the layout (boxes in pixels: x0, y0, x1, y1; descriptions), compose the image, then press "
-            "Generate below: the image and the layout's label map become the inputs.")
+    note = ("Draw boxes (two clicks each, after typing the description) or edit the layout text (boxes in "
+            "pixels: x0, y0, x1, y1), compose the image, then press Generate below: the image and the layout's "
+            "label map become the inputs.")
     if not enabled:
         note += " **This server has no image model** (start it with `--image-model FOLDER`)."
     gr.Markdown(note)
     with gr.Row():
         with gr.Column():
+            ui.layout_canvas = gr.Image(label="Click two corners to add a box (with the description below)",
+                                        interactive=False, type="numpy", elem_id="layout-canvas")
+            with gr.Row():
+                ui.box_description = gr.Textbox(label="Description of the next box", elem_id="box-description")
+                ui.canvas_status = gr.Markdown("")
             ui.layout_text = gr.Code(EXAMPLE_LAYOUT, language="yaml", label="Layout (YAML or JSON)",
                                      elem_id="layout-text")
             with gr.Row():
@@ -202,6 +222,9 @@ def _wire(ui: SimpleNamespace, on: SimpleNamespace, labels_state, pending_corner
                             api_name="segment", concurrency_limit=2)
     ui.remove_button.click(on.remove, [ui.image_file, labels_state, ui.selected], label_outputs, api_name=False)
     ui.merge_button.click(on.merge, [ui.image_file, labels_state, ui.selected], label_outputs, api_name=False)
+    ui.layout_text.change(on.canvas, [ui.layout_text], [ui.layout_canvas], api_name=False)
+    ui.layout_canvas.select(on.canvas_click, [ui.layout_text, ui.box_description, ui.pending_box],
+                            [ui.layout_text, ui.layout_canvas, ui.pending_box, ui.canvas_status], api_name=False)
     ui.compose_button.click(on.compose, [ui.layout_text, ui.layout_control, ui.layout_seed],
                             [ui.composed, ui.composed_overlay, ui.compose_status, ui.image_file, ui.mode, ui.label_file,
                              ui.current_labels], api_name="compose", concurrency_limit=1, concurrency_id="generate")
@@ -232,11 +255,13 @@ def build_demo(config: DemoConfig, pipe=None):
             _instances_column(gr, ui)
         with gr.Tab("From a layout"):
             _layout_tab(gr, ui, config.image_model is not None)
+            ui.pending_box = gr.State(None)
         _generation_block(gr, ui, backend.pipe.sampling_defaults)
         rows = examples()
         if rows:
             gr.Examples(rows, inputs=[ui.image_file, ui.label_file, ui.mode], label="Examples")
         _wire(ui, on, labels_state, pending_corner)
+        page.load(on.canvas, [ui.layout_text], [ui.layout_canvas], api_name=False)
         page.unload(on.release)
     page.backend = backend
     return page

@@ -84,3 +84,27 @@ def test_tracked_uploads_expire_even_while_new_uploads_arrive(tmp_path):
     assert str(gone) not in uploads  # already gone from disk: forgotten
     arrived = sorted(str(path) for path in tmp_path.glob("new-*.png"))
     assert arrived and set(arrived) <= uploads  # fresh: all still tracked
+
+
+def test_layout_canvas_adds_boxes_from_two_clicks_and_draws_them():
+    import yaml
+
+    from midi3d.compose import layout_from_data
+    from midi3d.demo.layout_canvas import add_box, draw_layout
+    from midi3d.io.errors import InputError
+
+    text = "size: [1024, 512]\nprompt: a room\ninstances: []\n"
+    canvas = draw_layout(text)
+    assert canvas.shape == (256, 512, 3) and (canvas == 255).all()  # scaled to 512 wide, blank
+    text = add_box(text, (300, 200), (100, 50), "a red sofa")  # corners in either order, canvas pixels
+    data = yaml.safe_load(text)
+    assert data["instances"] == [{"box": [200, 100, 600, 400], "description": "a red sofa"}]  # layout pixels
+    layout = layout_from_data(data)
+    assert layout.instances[0].box == (200 / 1024, 100 / 512, 600 / 1024, 400 / 512)
+    drawn = draw_layout(text)
+    assert (drawn[50, 150:250] != 255).any(-1).all()  # the box's top edge: layout row 100 = canvas row 50
+    assert (drawn[120, 200] == 255).all()  # an outline, not a fill
+    with pytest.raises(InputError, match="description"):
+        add_box(text, (0, 0), (10, 10), " ")
+    normalized = add_box("size: [256, 256]\nprompt: x\nunits: normalized\ninstances: []\n", (0, 0), (128, 64), "a")
+    assert yaml.safe_load(normalized)["instances"][0]["box"] == [0.0, 0.0, 0.5, 0.25]
