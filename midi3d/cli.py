@@ -324,7 +324,8 @@ def _parse_prompts(values: list[str], size: int, flag: str) -> list[tuple[float,
 
 def _compose(layout_path: Path, image_model: Path | None, control: ComposeControl, steps: int, guidance: float,
              seed: int, instance_tokens: int, sam_checkpoint: Path | None, device: str, quiet: bool,
-             instanceassemble: Path | None = None, grounding_ratio: float = 0.3, trust_pickle: bool = False):
+             instanceassemble: Path | None = None, grounding_ratio: float = 0.3, trust_pickle: bool = False,
+             depth: Path | None = None):
     """Validate the layout and the options, load the image model, compose; errors are one line."""
     from .compose import load_layout
     from .compose.flux import ComposeOptions, compose_image, load_image_model
@@ -333,7 +334,7 @@ def _compose(layout_path: Path, image_model: Path | None, control: ComposeContro
     layout = load_layout(layout_path)
     options = ComposeOptions(control=control.value, steps=steps, guidance=guidance, seed=seed,
                              instance_tokens=instance_tokens, instanceassemble=instanceassemble,
-                             grounding_ratio=grounding_ratio, trust_pickle=trust_pickle)
+                             grounding_ratio=grounding_ratio, trust_pickle=trust_pickle, depth=depth)
     if image_model is None:
         raise InputError("--image-model: a local FLUX pipeline folder is needed to turn a layout into an image")
     pipe = load_image_model(image_model, device=device)
@@ -358,6 +359,8 @@ def compose(
                                           help="instanceassemble: layout control in the first int(r·steps) steps."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow InstanceAssemble's released layout.pth "
                                       "(a pickle; loaded with weights_only=True)."),
+    depth: Path | None = typer.Option(None, "--depth", help="A depth map image for a FLUX-Depth --image-model "
+                                      "(black-forest-labs/FLUX.1-Depth-dev), e.g. with 3dis."),
     sam_checkpoint: Path | None = typer.Option(None, "--sam-checkpoint", help="SAM checkpoint for the label map "
                                                "(box prompts); default $MIDI3D_SAM_CHECKPOINT, else the "
                                                "layout's masks/boxes."),
@@ -375,7 +378,7 @@ def compose(
             raise InputError(f"{output}: the scene image is written as PNG (use a .png name)")
         _require_writable(output.parent)
         _, result = _compose(layout, image_model, control, steps, guidance, seed, instance_tokens, sam_checkpoint,
-                             device, quiet, instanceassemble, grounding_ratio, trust_pickle)
+                             device, quiet, instanceassemble, grounding_ratio, trust_pickle, depth)
         written = write_composed(result, output)
     if not quiet:
         console.print(f"{written[0]}: {result.labels.max()} instance(s), {result.control} control, label map from "

@@ -726,3 +726,28 @@ def test_instanceassemble_sd3_batched_equals_the_loop(sd3_folder, tmp_path):
     with torch.no_grad():
         base = transformer(**call).sample
     assert (outputs[0] - base).abs().max() > 1e-3  # the branch changes the output; after the context it is gone
+
+
+def test_threedis_on_flux_depth_with_a_depth_map(tmp_path, flux_folder):
+    """3DIS-FLUX renders on FLUX-Depth when a depth map is given (a FluxControlPipeline folder)."""
+    from tiny_flux import build_tiny_flux
+
+    from midi3d.compose.flux import ComposeOptions, compose_image, load_image_model
+
+    folder = build_tiny_flux(tmp_path / "tiny-flux-depth", depth=True)
+    depth = tmp_path / "depth.png"
+    Image.fromarray(np.tile(np.linspace(0, 255, 96, dtype=np.uint8), (64, 1))).save(depth)
+    pipe = load_image_model(folder)
+    pipe.set_progress_bar_config(disable=True)
+    layout = layout_from_data(LAYOUT)
+    common = dict(control="3dis", steps=3, max_sequence_length=32, instance_tokens=8)
+    result = compose_image(pipe, layout, ComposeOptions(depth=depth, **common))
+    assert result.image.shape == (64, 96, 3) and set(np.unique(result.labels)) == {0, 1, 2}
+    flat = tmp_path / "flat.png"
+    Image.fromarray(np.full((64, 96), 128, np.uint8)).save(flat)
+    other = compose_image(pipe, layout, ComposeOptions(depth=flat, **common))
+    assert not np.array_equal(other.image, result.image)  # the depth map reaches the model
+    with pytest.raises(InputError, match="give a depth map"):
+        compose_image(pipe, layout, ComposeOptions(**common))
+    with pytest.raises(InputError, match="needs a FLUX-Depth pipeline"):
+        compose_image(load_image_model(flux_folder), layout, ComposeOptions(depth=depth, **common))

@@ -33,13 +33,16 @@ def tiny_vae():
                          use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
 
 
-def build_tiny_flux(folder: Path, seed: int = 0) -> Path:
+def build_tiny_flux(folder: Path, seed: int = 0, depth: bool = False) -> Path:
+    """A tiny random FLUX pipeline folder; ``depth``: a ``FluxControlPipeline`` (FLUX-Depth's
+    layout: the transformer takes the latents and the encoded control image, 2 × 16 channels)."""
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxControlPipeline, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2,
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=32 if depth else 16, out_channels=16 if depth else None,
+                                         num_layers=2, num_single_layers=2,
                                          attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
                                          pooled_projection_dim=32, axes_dims_rope=[4, 6, 6])
     clip = CLIPTextModel(CLIPTextConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4,
@@ -48,7 +51,8 @@ def build_tiny_flux(folder: Path, seed: int = 0) -> Path:
     t5 = T5EncoderModel(T5Config(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, vocab_size=64,
                                  relative_attention_num_buckets=8))
     vae = tiny_vae()
-    pipe = FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=clip, tokenizer=word_tokenizer(77),
+    kind = FluxControlPipeline if depth else FluxPipeline
+    pipe = kind(scheduler=FlowMatchEulerDiscreteScheduler(), text_encoder=clip, tokenizer=word_tokenizer(77),
                         text_encoder_2=t5, tokenizer_2=word_tokenizer(64), vae=vae, transformer=transformer)
     pipe.save_pretrained(folder)
     return folder

@@ -45,6 +45,7 @@ class ComposeOptions:
     grounding_ratio: float = 0.3  # instanceassemble: layout control in the first int(r · steps) steps
     layout_scale: float = 1.0
     trust_pickle: bool = False  # instanceassemble: allow the released layout.pth
+    depth: Path | None = None  # a depth map image for FLUX-Depth (a FluxControlPipeline folder)
 
     def __post_init__(self):
         if self.control not in CONTROLS:
@@ -67,7 +68,7 @@ class ComposedImage:
     seconds: float
 
 
-IMAGE_PIPELINES = ("FluxPipeline", "StableDiffusion3Pipeline")
+IMAGE_PIPELINES = ("FluxPipeline", "FluxControlPipeline", "StableDiffusion3Pipeline")
 
 
 def load_image_model(folder: str | Path, torch_dtype: torch.dtype = torch.float32, device: str = "cpu"):
@@ -231,6 +232,23 @@ def _instanceassemble_call(pipe, layout: Layout, options: ComposeOptions, latent
         hook.remove()
 
 
+def _depth_image(pipe, depth: Path | None, width: int, height: int):
+    """The depth map for a FLUX-Depth pipeline, resized to the layout (``None`` for the others)."""
+    control = type(pipe).__name__ == "FluxControlPipeline"
+    if depth is None:
+        if control:
+            raise InputError("this image model is a FLUX control (FLUX-Depth) pipeline: give a depth map (--depth)")
+        return None
+    if not control:
+        raise InputError("--depth needs a FLUX-Depth pipeline folder (black-forest-labs/FLUX.1-Depth-dev) as "
+                         "--image-model")
+    from ..io.images import load_rgb
+
+    from PIL import Image
+
+    return Image.fromarray(load_rgb(depth)).resize((width, height), Image.BILINEAR)
+
+
 def compose_image(pipe, layout: Layout, options: ComposeOptions | None = None,
                   sam_checkpoint: str | Path | None = None) -> ComposedImage:
     """Generate the layout's scene image with ``pipe`` (a diffusers ``FluxPipeline``) and its
@@ -248,9 +266,12 @@ def compose_image(pipe, layout: Layout, options: ComposeOptions | None = None,
         raise InputError(f"layout size {layout.width}x{layout.height}: this image model needs multiples of "
                          f"{step} pixels (e.g. {width}x{height})")
     grid = _instance_grid(layout, height // step, width // step)
+    control_image = _depth_image(pipe, options.depth, width, height)
     generator = torch.Generator("cpu").manual_seed(options.seed)
     call = dict(height=height, width=width, num_inference_steps=options.steps, guidance_scale=options.guidance,
                 generator=generator, output_type="np")
+    if control_image is not None:
+        call["control_image"] = control_image
     transformer = pipe.transformer
     original = transformer.attn_processors
     hook = None
