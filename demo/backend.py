@@ -161,21 +161,17 @@ class DemoBackend:
     def compose(self, session: str, layout_text: str, control: str, seed: int) -> dict:
         """The "From a layout" tab: a YAML/JSON layout → ``{"image", "label_file", "overlay", "summary"}``
         (files in the session's folder; serialised with generation)."""
-        import yaml
-
         from ..compose import layout_from_data
         from ..compose.flux import ComposeOptions, compose_image, load_image_model, write_composed
+        from .layout_canvas import parse_layout_text
 
         if self.config.image_model is None:
             raise InputError("this demo has no image model: start it with --image-model FOLDER (a local FLUX "
                              "pipeline folder) to turn layouts into images")
         if control not in ("3dis", "ast", "none"):
             raise InputError(f"layout control {control!r}: choose 3dis, ast or none")
-        try:
-            data = yaml.safe_load(layout_text or "")
-        except yaml.YAMLError as err:
-            raise InputError(f"layout: not valid YAML/JSON ({str(err).splitlines()[0]})") from None
-        if isinstance(data, dict) and any(isinstance(i, dict) and "mask" in i for i in data.get("instances") or []):
+        data = parse_layout_text(layout_text)
+        if any(isinstance(i, dict) and "mask" in i for i in data.get("instances") or []):
             raise InputError("layout: masks are not accepted in the demo (boxes only)")
         layout = layout_from_data(data, source="layout")
         if len(layout.instances) > self.config.limits.max_instances:

@@ -244,8 +244,7 @@ def generate_outputs(pipe, rgb: np.ndarray, labels: np.ndarray, options, folder:
     fails); write ``scene.glb``, ``overlay.png`` and ``scene.zip`` in ``folder``.
 
     The caller serialises calls (one generation at a time per worker)."""
-    from PIL import Image
-
+    from ..io.images import write_png
     from ..pipelines.batch import AlignOptions, align_output
     from ..pipelines.scene import SceneInputs, build_scene, export_scene, generate_scene
 
@@ -266,10 +265,7 @@ def generate_outputs(pipe, rgb: np.ndarray, labels: np.ndarray, options, folder:
     overlay_path = None
     if alignment is not None:
         variants["scene_textured.glb" if alignment.textured else "scene_aligned.glb"] = scene_path.read_bytes()
-        buffer = io.BytesIO()
-        Image.fromarray(alignment.overlay(rgb)).save(buffer, format="PNG")
-        overlay_path = folder / "overlay.png"
-        write_atomic(overlay_path, buffer.getvalue())
+        overlay_path = write_png(folder / "overlay.png", alignment.overlay(rgb))
     zip_path = folder / "scene.zip"
     write_atomic(zip_path, scene_zip(result, alignment, variants))
     t = result.timings

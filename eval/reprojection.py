@@ -10,7 +10,7 @@ import numpy as np
 import trimesh
 
 from ..geometry.camera_fit import CameraFitOptions, estimate_camera
-from ..io.files import write_atomic
+from ..io.images import write_png
 
 
 def reprojection_scores(rgb: np.ndarray, labels: np.ndarray, ids: list[int], predicted: dict[int, trimesh.Trimesh],
@@ -25,12 +25,6 @@ def reprojection_scores(rgb: np.ndarray, labels: np.ndarray, ids: list[int], pre
     per_instance = {str(i): (None if v is None else round(float(v), 5)) for i, v in zip(ids, fit.ious)}
     mean = float(np.mean([0.0 if v is None else v for v in fit.ious])) if ids else float("nan")
     if sheet is not None:
-        import io
-
-        from PIL import Image
-
-        buffer = io.BytesIO()
-        Image.fromarray(overlay_sheet(rgb, meshes, fit.camera)).save(buffer, format="PNG")
-        write_atomic(sheet, buffer.getvalue())
+        write_png(sheet, overlay_sheet(rgb, meshes, fit.camera))
     return {"reprojection_iou": mean, "reprojection_ious": per_instance, "camera": fit.camera.to_dict(),
             "camera_seconds": round(fit.seconds, 3)}

@@ -8,7 +8,6 @@ error (a full disk or a read-only folder would fail every later scene too).
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -144,17 +143,13 @@ def generate_file(pipe: MIDIPipeline, scene: SceneInputs, options: GenerateOptio
                   align: AlignOptions = NO_ALIGNMENT) -> MIDIPipelineOutput:
     """Generate one scene, align and colour it as ``align`` says, and write it (atomically) to
     ``output`` (and its overlay next to it)."""
-    from PIL import Image
-
-    from ..io.files import write_atomic
+    from ..io.images import write_png
 
     result = generate_scene(pipe, scene, options)
     alignment = align_output(scene, result, align, output)
     export_scene(result, output, alignment)
     if alignment is not None and align.overlay:
-        buffer = io.BytesIO()
-        Image.fromarray(alignment.overlay(scene.rgb)).save(buffer, format="PNG")
-        write_atomic(overlay_path(output), buffer.getvalue())
+        write_png(overlay_path(output), alignment.overlay(scene.rgb))
     return result
 
 

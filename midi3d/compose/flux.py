@@ -23,6 +23,7 @@ import torch
 from ..io.errors import InputError
 from .ast import ASTConfig, ASTFluxAttnProcessor, ASTState, build_maps, find_span, substitute_segments
 from .layout import Layout
+from .steps import StepCounter
 from .threedis import ThreeDISConfig, ThreeDISFluxAttnProcessor, ThreeDISState, box_token_grid
 
 CONTROLS = ("3dis", "ast", "instanceassemble", "none")
@@ -118,20 +119,15 @@ def published_call(index: int, double: int, single: int) -> int:
 
 
 class _StepTracker:
-    """Counts denoising steps from the transformer's ``timestep`` argument (a new value = a new
-    step, so repeated calls within a step are one step) and tells the control's state."""
+    """A transformer pre-hook telling the control's state the current step and timestep."""
 
     def __init__(self, state):
         self.state = state
-        self.last = None
-        self.step = -1
+        self.counter = StepCounter()
 
     def __call__(self, module, args, kwargs):
-        timestep = kwargs.get("timestep")
-        value = float(timestep.flatten()[0]) if timestep is not None else None
-        if value != self.last:
-            self.last, self.step = value, self.step + 1
-        self.state.step = self.step
+        value = self.counter.update(kwargs)
+        self.state.step = self.counter.step
         if value is not None:
             self.state.current_t = value * 1000.0  # FluxPipeline passes t / 1000
 
@@ -326,17 +322,10 @@ def layout_label_map(image: np.ndarray, layout: Layout, sam_checkpoint: str | Pa
 def write_composed(result: ComposedImage, path: str | Path) -> list[Path]:
     """Write the image (PNG), its label map ``<stem>_seg.png`` and an overlay ``<stem>_overlay.png``,
     each atomically; returns the paths."""
-    import io
-
-    from PIL import Image
-
-    from ..io.files import write_atomic
+    from ..io.images import write_png
     from ..segmentation.base import save_label_map, save_overlay
 
-    path = Path(path)
-    buffer = io.BytesIO()
-    Image.fromarray(result.image).save(buffer, format="PNG")
-    write_atomic(path, buffer.getvalue())
+    path = write_png(path, result.image)
     seg = save_label_map(result.labels, path.with_name(f"{path.stem}_seg.png"))
     preview = save_overlay(result.image, result.labels, path.with_name(f"{path.stem}_overlay.png"))
     return [path, seg, preview]

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..io.errors import InputError
 from ..models.layout_tokens import dense_box_points, fourier_features
+from .steps import StepCounter
 
 ADAPTER = "instanceassemble"
 MAX_OBJECTS = 50
@@ -492,14 +493,11 @@ class GroundingSchedule:
 
     def __init__(self, adapter: InstanceAssembleFlux, steps: int, ratio: float = 0.3, scale: float = 1.0):
         self.adapter, self.limit, self.scale = adapter, int(ratio * steps), scale
-        self.step, self.last, self.scales = -1, None, []
+        self.counter, self.scales = StepCounter(), []
 
     def __call__(self, module, args, kwargs):
-        timestep = kwargs.get("timestep")
-        value = float(timestep.flatten()[0]) if timestep is not None else None
-        if value != self.last:
-            self.last, self.step = value, self.step + 1
-        self.adapter.scale = self.scale if self.step < self.limit else 0.0
+        self.counter.update(kwargs)
+        self.adapter.scale = self.scale if self.counter.step < self.limit else 0.0
         self.scales.append(self.adapter.scale)
 
 

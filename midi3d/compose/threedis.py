@@ -173,15 +173,3 @@ class ThreeDISFluxAttnProcessor:
         mask = self.state.mask(self.call, hidden_states.device, sequence)
         return self.base(attn, hidden_states, encoder_hidden_states, attention_mask=mask,
                          image_rotary_emb=image_rotary_emb)
-
-
-def threedis_processors(transformer, state: ThreeDISState) -> dict:
-    """A processor per attention of a diffusers ``FluxTransformer2DModel``, numbered in the order
-    FLUX calls them in one step (double blocks, then single blocks), for ``set_attn_processor``."""
-    keys = list(transformer.attn_processors)
-    double = sorted((k for k in keys if k.startswith("transformer_blocks.")), key=lambda k: int(k.split(".")[1]))
-    single = sorted((k for k in keys if k.startswith("single_transformer_blocks.")), key=lambda k: int(k.split(".")[1]))
-    ordered = double + single
-    if len(ordered) != len(keys):
-        raise ValueError("3dis: unexpected attention modules in the transformer (not FLUX?)")
-    return {key: ThreeDISFluxAttnProcessor(state, index) for index, key in enumerate(ordered)}

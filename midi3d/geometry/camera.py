@@ -52,10 +52,14 @@ class PinholeCamera:
         cx, cy = self.centre_px
         return np.stack([self.focal * cam[:, 0] / safe + cx, self.focal * cam[:, 1] / safe + cy], 1), depth
 
-    def rays(self) -> np.ndarray:
-        """``[H, W, 6]`` float32 rays (origin, unit direction) through the pixel centres."""
+    def rays(self, rows: np.ndarray | None = None, cols: np.ndarray | None = None) -> np.ndarray:
+        """``[H, W, 6]`` float32 rays (origin, unit direction) through the pixel centres, or ``[N, 6]``
+        through the given pixels only."""
         cx, cy = self.centre_px
-        u, v = np.meshgrid(np.arange(self.width) + 0.5, np.arange(self.height) + 0.5)
+        if rows is None:
+            u, v = np.meshgrid(np.arange(self.width) + 0.5, np.arange(self.height) + 0.5)
+        else:
+            u, v = np.asarray(cols, np.float64) + 0.5, np.asarray(rows, np.float64) + 0.5
         directions = np.stack([(u - cx) / self.focal, (v - cy) / self.focal, np.ones_like(u)], -1)
         directions = directions @ self.rotation  # camera → world (R^T d, row-wise)
         directions /= np.linalg.norm(directions, axis=-1, keepdims=True)

@@ -333,7 +333,7 @@ def _polish(problem: _Problem, camera: PinholeCamera, raycaster: InstanceRaycast
         if len(rows) < 8:
             break
         owner = hits.ids[rows, cols] - 1
-        rays = camera.rays()[rows, cols]
+        rays = camera.rays(rows, cols)
         points = rays[:, :3] + rays[:, 3:] * hits.distance[rows, cols][:, None]
         uv, _, jac = _point_jacobian(camera, points, fix_focal)
         residual = np.zeros(len(points))
@@ -355,9 +355,9 @@ def _polish(problem: _Problem, camera: PinholeCamera, raycaster: InstanceRaycast
         normal = rows_jac.T @ (rows_jac * weight[:, None])
         rhs = rows_jac.T @ (weight * residual)
         improved = False
+        depth = _mean_depth(camera, problem.all_points)
         for _ in range(4):
-            step = -np.linalg.solve(normal + damping * (np.diag(np.diag(normal)) + 1e-12 * np.eye(len(normal))), rhs)
-            trial = _apply(camera, step, _mean_depth(camera, problem.all_points))
+            trial = _apply(camera, _damped_step(normal, rhs, damping), depth)
             trial_hits = raycaster.render(trial)
             trial_iou = score(trial_hits)
             if trial_iou >= best_iou:
@@ -370,6 +370,12 @@ def _polish(problem: _Problem, camera: PinholeCamera, raycaster: InstanceRaycast
         if not improved:
             break
     return best, best_iou
+
+
+def _damped_step(normal: np.ndarray, gradient: np.ndarray, damping: float) -> np.ndarray:
+    """The Levenberg–Marquardt step ``-(JᵀWJ + λ·diag(JᵀWJ))⁻¹ JᵀWr`` (a tiny ridge keeps it solvable)."""
+    regularised = normal + damping * (np.diag(np.diag(normal)) + 1e-9 * np.eye(len(normal)))
+    return -np.linalg.solve(regularised, gradient)
 
 
 def _apply(camera: PinholeCamera, step: np.ndarray, depth: float) -> PinholeCamera:
@@ -398,9 +404,7 @@ def _refine(problem: _Problem, camera: PinholeCamera, fix_focal: bool, iteration
         gradient = jacobian.T @ (weights * residuals)
         improved = False
         for _ in range(8):
-            step = -np.linalg.solve(normal + damping * (np.diag(np.diag(normal)) + 1e-9 * np.eye(len(normal))),
-                                    gradient)
-            trial = _apply(camera, step, depth)
+            trial = _apply(camera, _damped_step(normal, gradient, damping), depth)
             trial_residuals, trial_jacobian = problem.linearise(trial, fix_focal)
             trial_cost = cost(trial_residuals)
             if trial_cost < current:
@@ -463,7 +467,8 @@ def estimate_camera(meshes: list[trimesh.Trimesh | None], labels: np.ndarray, id
         if iou > best_iou:
             best, best_iou = polished, iou
     camera = best.resized(width, height)
-    full_ious = silhouette_ious(InstanceRaycaster([meshes[k] for k in usable]).render_ids(camera),
+    full = raycaster if steering == usable else InstanceRaycaster([meshes[k] for k in usable])
+    full_ious = silhouette_ious(full.render_ids(camera),
                                 [labels == ids[k] for k in usable])
     ious: list[float | None] = [None] * len(ids)
     for position, k in enumerate(usable):

@@ -113,3 +113,21 @@ def load_rgb(path: str | Path, background: tuple[int, int, int] = (255, 255, 255
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return np.repeat(_grey_to_uint8(image, path)[..., None], 3, axis=2)
     return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+
+
+def png_bytes(image: np.ndarray | Image.Image) -> bytes:
+    """PNG file bytes of an ``[H, W(, C)]`` uint8 array or a PIL image."""
+    import io
+
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_png(path: str | Path, image: np.ndarray | Image.Image) -> Path:
+    """Write ``image`` as a PNG at ``path`` atomically (temporary name, then rename)."""
+    from .files import write_atomic
+
+    path = Path(path)
+    write_atomic(path, png_bytes(image))
+    return path

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Protocol
 
@@ -11,6 +10,7 @@ from PIL import Image
 
 from ..io.errors import InputError
 from ..io.files import write_atomic
+from ..io.images import png_bytes
 from ..colours import instance_colour
 
 
@@ -31,12 +31,6 @@ def relabel(labels: np.ndarray) -> np.ndarray:
     return lookup[labels]
 
 
-def _png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def save_label_map(labels: np.ndarray, path: str | Path) -> Path:
     """A palette PNG whose indices are the ids (the encoding midi3d reads back exactly). Ids
     above 255 are renumbered 1..K in their order first (a palette holds 255 instances)."""
@@ -49,7 +43,7 @@ def save_label_map(labels: np.ndarray, path: str | Path) -> Path:
     palette = [0, 0, 0] + [c for k in range(255) for c in instance_colour(k)[:3]]
     image.putpalette(palette)
     path = Path(path)
-    write_atomic(path, _png(image))
+    write_atomic(path, png_bytes(image))
     return path
 
 
@@ -69,5 +63,5 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float = 0.55) -> np.ndar
 
 def save_overlay(rgb: np.ndarray, labels: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
-    write_atomic(path, _png(Image.fromarray(overlay(rgb, labels))))
+    write_atomic(path, png_bytes(Image.fromarray(overlay(rgb, labels))))
     return path
