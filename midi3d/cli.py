@@ -496,11 +496,12 @@ def train(
     overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set max_steps=100 (YAML value)."),
     trust_pickle: bool = typer.Option(False, "--trust-pickle", help="Allow pickled .bin weights in --init."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads per process (0 = torch's default)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when there is one), cpu or cuda."),
     quiet: QuietOpt = False,
 ) -> None:
     """Train the shape VAE or the diffusion transformer (full, or LoRA), resumably, on accelerate."""
     from .training.config import load_train_config
-    from .training.run import run_training
+    from .training.run import run_training, use_cpu
 
     _setup_logging(quiet)
     logging.getLogger("midi3d").setLevel(logging.ERROR if quiet else logging.INFO)
@@ -511,6 +512,7 @@ def train(
             raise ValueError(str(err)) from None
         if not data.is_dir():
             raise FileNotFoundError(f"{data}: dataset folder not found")
+        use_cpu(device)
     _require_writable(out)
     if threads:
         import torch
@@ -518,7 +520,7 @@ def train(
         torch.set_num_threads(threads)
     with _one_line_errors():
         result = run_training(settings, data, out, init=init, cache_dir=cache_dir, quiet=quiet,
-                              allow_pickle=trust_pickle)
+                              allow_pickle=trust_pickle, device=device)
     if not quiet:
         console.print(f"trained {settings.kind} to step {result['step']} (last loss {result['loss']:.4f}, "
                       f"{result['seconds']:.0f}s this run); model in {out / 'final'}", highlight=False)

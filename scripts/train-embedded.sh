@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The recipe of the embedded model midi3d-tiny, end to end (see docs/training.md).
-# Every step resumes where it stopped when rerun. Usage: bash scripts/train-embedded.sh [WORK_DIR]
+# Every step resumes where it stopped when rerun.
+# Usage: bash scripts/train-embedded.sh [--device auto|cpu|cuda] [WORK_DIR]
+# (--device cuda runs the same commands on a GPU; auto, the default, uses one when there is one.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+DEVICE=auto
+if [ "${1:-}" = "--device" ]; then DEVICE="$2"; shift 2; fi
 WORK="${1:-work}"
 MIDI3D=".venv/bin/midi3d"
+train() { "$MIDI3D" train "$@" --device "$DEVICE"; }
 mkdir -p "$WORK"
 
 # 1. Data: 2400 training rooms (seed 1); the held-out test split uses seed 7 (never trained on).
@@ -12,17 +17,17 @@ $MIDI3D synth --out "$WORK/synth-train" --scenes 2400 --seed 1 --image-size 256 
 $MIDI3D synth --out "$WORK/synth-test" --scenes 200 --seed 7 -q
 
 # 2. Shape VAE: 2500 steps at a constant rate, then 2000 more with a cosine decay (the same run).
-OMP_NUM_THREADS=2 $MIDI3D train embedded-vae --data "$WORK/synth-train" --out "$WORK/vae" --cache-dir "$WORK/cache" -q
-OMP_NUM_THREADS=2 $MIDI3D train embedded-vae-decay --data "$WORK/synth-train" --out "$WORK/vae" --cache-dir "$WORK/cache" -q
+OMP_NUM_THREADS=2 train embedded-vae --data "$WORK/synth-train" --out "$WORK/vae" --cache-dir "$WORK/cache" -q
+OMP_NUM_THREADS=2 train embedded-vae-decay --data "$WORK/synth-train" --out "$WORK/vae" --cache-dir "$WORK/cache" -q
 
 # 3. Stage 1: diffusion transformer + encoders (multi-instance attention on the default layers, mixed training).
-OMP_NUM_THREADS=1 $MIDI3D train embedded-dit --data "$WORK/synth-train" --out "$WORK/dit-mi-default" \
+OMP_NUM_THREADS=1 train embedded-dit --data "$WORK/synth-train" --out "$WORK/dit-mi-default" \
   --init "$WORK/vae/final/pipeline" --cache-dir "$WORK/cache" --threads 1 -q
 # (scripts/ablation.sh trains this run and its three variants together, in parallel.)
 
 # 4. Decoder-only fine-tuning with noise on the latents (the encoder, hence the latent space, is frozen).
 #    It starts from the step-1000 checkpoint: any pipeline of step 3 holds the same rescaled VAE.
-OMP_NUM_THREADS=1 $MIDI3D train embedded-decoder --data "$WORK/synth-train" --out "$WORK/vae-robust" \
+OMP_NUM_THREADS=1 train embedded-decoder --data "$WORK/synth-train" --out "$WORK/vae-robust" \
   --init "$WORK/dit-mi-default/checkpoints/step-0001000/pipeline" --cache-dir "$WORK/cache" --threads 1 -q
 
 # 5. Assemble: the transformer's EMA pipeline folder with the fine-tuned decoder.
@@ -37,7 +42,7 @@ fi
 # 6. Stage 2: the layout loss, 14000 steps, then warm restarts to 18000 and 24000 (one run folder).
 #    The last one records guidance 2 and 128³ meshing in the folder it writes.
 for stage in embedded-layout-14k embedded-layout-18k embedded-layout-24k; do
-  OMP_NUM_THREADS=2 $MIDI3D train "$stage" --data "$WORK/synth-train" --out "$WORK/dit-layout" \
+  OMP_NUM_THREADS=2 train "$stage" --data "$WORK/synth-train" --out "$WORK/dit-layout" \
     --init "$WORK/stage-1" --cache-dir "$WORK/cache" --threads 2 -q
 done
 

@@ -114,6 +114,21 @@ def test_bad_training_settings_are_one_line_before_any_work(tmp_path, setting, m
     assert not out.exists()
 
 
+@pytest.mark.parametrize("device", ["gpu", "cuda"])
+def test_a_training_device_that_is_not_there_is_one_line_before_any_work(tmp_path, device):
+    import torch
+
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: --device cuda is valid here")
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "vae-tiny", "--data", str(tmp_path), "--out", str(out),
+                                      "--device", device])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: --device {device}:"), result.output
+    assert not out.exists()
+
+
 def test_layer_grammar_is_the_same_everywhere(tmp_path):
     """``all`` and ``1,4-6`` mean the same on the command line, in a config and in the pipeline."""
     from midi3d.training.config import load_train_config

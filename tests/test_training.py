@@ -87,13 +87,13 @@ def _task(kind: str, data_root: Path, spec_file: Path, tmp_path: Path, **changes
     return DiTTask(pipe, cache, config, latents), config
 
 
-@pytest.mark.parametrize("kind", ["vae", "dit"])
+@pytest.mark.parametrize("kind", ["vae", "vae-bce", "dit"])
 def test_loss_on_a_fixed_batch_falls(kind, data_root, spec_file, tmp_path):
     from midi3d.training.loop import train
 
-    extra = {"mixed_probability": 0.0} if kind == "dit" else {}
-    task, config = _task(kind, data_root, spec_file, tmp_path, max_steps=40, checkpoint_every=1000, log_every=1000,
-                         **extra)
+    extra = {"dit": {"mixed_probability": 0.0}, "vae-bce": {"loss": "bce", "sdf_offset": 0.008}}.get(kind, {})
+    task, config = _task(kind.split("-")[0], data_root, spec_file, tmp_path, max_steps=40, checkpoint_every=1000,
+                         log_every=1000, **extra)
     torch.manual_seed(0)
     batch = task.batch(0, 0, 1, torch.device("cpu"))
 
@@ -194,16 +194,28 @@ def test_broken_samples_are_skipped_with_a_reason(data_root, tmp_path, caplog):
 
 
 def _train_command(data_root: Path, out: Path, spec_file: Path, steps: int, extra=()) -> list[str]:
-    return [sys.executable, "-m", "midi3d", "train", "vae-tiny", "--data", str(data_root), "--out", str(out),
+    return [sys.executable, "-m", "midi3d", "train", "vae-tiny", "--device", "cpu", "--data", str(data_root), "--out", str(out),
             "--cache-dir", str(out.parent / "cache"), "-q", "--set", f"model={spec_file}", "--set", f"max_steps={steps}",
             "--set", "batch_size=4", "--set", "latent_tokens=8", "--set", "query_points=128", "--set", "cache_jobs=1",
             "--set", "checkpoint_every=2", "--set", "log_every=1",
             *[f"--set={k}={v}" for k, v in POINTS.items()], *extra]
 
 
-def test_a_killed_run_resumes_from_its_last_checkpoint(data_root, spec_file, tmp_path):
+V2_SETTINGS = ("--set", "loss=bce", "--set", "sdf_offset=0.008", "--set", "around_points=64",
+               "--set", "around_margin=0.1")  # what configs/train/embedded-v2-vae.yaml changes
+
+
+@pytest.mark.parametrize("recipe", ["v1", "v2"])
+def test_a_killed_run_resumes_from_its_last_checkpoint(recipe, data_root, spec_file, tmp_path):
+    """SIGKILL mid-run, rerun: no step lost or logged twice, and the losses after the kill are those
+    of an uninterrupted run (v2: the embedded model v2's VAE settings and model spec)."""
+    extra: tuple[str, ...] = ()
+    if recipe == "v2":
+        v2_spec = tmp_path / "spec-v2.yaml"
+        v2_spec.write_text(yaml.safe_dump({**SPEC, "vae": {**SPEC["vae"], "embed_include_pi": True}}))
+        spec_file, extra = v2_spec, V2_SETTINGS
     out = tmp_path / "run"
-    process = subprocess.Popen(_train_command(data_root, out, spec_file, 400), cwd=tmp_path,
+    process = subprocess.Popen(_train_command(data_root, out, spec_file, 400, extra), cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "latest.json").is_file():
@@ -213,13 +225,17 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(data_root, spec_file, tmp
     process.wait()
     killed_at = json.loads((out / "latest.json").read_text())["step"]
     assert 2 <= killed_at < 400
-    done = subprocess.run(_train_command(data_root, out, spec_file, killed_at + 4), cwd=tmp_path,
+    done = subprocess.run(_train_command(data_root, out, spec_file, killed_at + 4, extra), cwd=tmp_path,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     steps = sorted(losses(out))
     assert steps == list(range(1, killed_at + 5))  # no step lost, none logged twice
     assert (out / "final" / "pipeline" / "model_index.json").is_file()
     assert not list(out.rglob("*.tmp"))
+    straight = tmp_path / "straight"
+    subprocess.run(_train_command(data_root, straight, spec_file, killed_at + 4, extra), cwd=tmp_path,
+                   capture_output=True, text=True, check=True)
+    assert losses(straight) == losses(out)  # full-precision floats, before and after the kill
 
 
 def test_accelerate_launch_two_processes(data_root, spec_file, tmp_path):

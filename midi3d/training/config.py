@@ -87,7 +87,8 @@ class VAETrainConfig(TrainConfig):
     kind: Literal["vae"] = "vae"
     latent_tokens: PositiveInt = 64
     query_points: PositiveInt = 2048    # queries drawn per object per step
-    sdf_truncation: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 0.05  # target = clamp(sdf - offset, ±t) / t
+    loss: Literal["l1", "bce"] = "l1"   # l1: on the truncated SDF; bce: occupancy logits (value = -logit)
+    sdf_truncation: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 0.05  # l1 target = clamp(sdf - offset, ±t) / t
     sdf_offset: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0  # > 0: learn the surface dilated by this
     kl_weight: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 1e-3
     latent_noise: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0  # > 0: decode latent + N(0, σ²): a

@@ -33,9 +33,24 @@ def base_pipeline(config: TrainConfig, init: Path | None, allow_pickle: bool = F
     return pipe
 
 
+TRAIN_DEVICES = ("auto", "cpu", "cuda")
+
+
+def use_cpu(device: str) -> bool:
+    """Whether a run on ``device`` (``auto``: CUDA when there is one, ``cpu``, ``cuda``) runs on CPUs."""
+    import torch
+
+    if device not in TRAIN_DEVICES:
+        raise ValueError(f"--device {device}: expected one of {', '.join(TRAIN_DEVICES)}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available to torch on this machine")
+    return device == "cpu" or not torch.cuda.is_available()
+
+
 def run_training(config: TrainConfig, data: Path, out: Path, init: Path | None = None, cache_dir: Path | None = None,
-                 quiet: bool = False, allow_pickle: bool = False) -> dict:
-    """Train (or resume) into ``out``; the final model lands in ``out/final``."""
+                 quiet: bool = False, allow_pickle: bool = False, device: str = "auto") -> dict:
+    """Train (or resume) into ``out`` on ``device`` (``auto``, ``cpu`` or ``cuda``; several GPUs
+    through ``accelerate launch``); the final model lands in ``out/final``."""
     import torch
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
@@ -46,7 +61,7 @@ def run_training(config: TrainConfig, data: Path, out: Path, init: Path | None =
         raise ValueError("LoRA fine-tuning needs a pretrained pipeline: pass --init FOLDER")
     if init is not None and not (Path(init) / "model_index.json").is_file():
         raise ValueError(f"{init}: not a pipeline folder (no model_index.json)")
-    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=not torch.cuda.is_available(),
+    accelerator = Accelerator(mixed_precision=config.mixed_precision, cpu=use_cpu(device),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     out.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:

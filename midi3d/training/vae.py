@@ -1,4 +1,5 @@
-"""Shape VAE training: surface points → latent set → truncated SDF at query points, plus KL."""
+"""Shape VAE training: surface points → latent set → truncated SDF (L1) or occupancy logits (BCE) at
+query points, plus KL."""
 
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ class VAELoss(nn.Module):
             latents = latents + self.config.latent_noise * torch.randn_like(latents)
         predicted = self.vae.decode(latents, batch["queries"]).sample[..., 0].float()
         sdf = batch["sdf"] - self.config.sdf_offset
-        target = (sdf / self.config.sdf_truncation).clamp(-1.0, 1.0)
-        recon = F.l1_loss(predicted, target)
+        if self.config.loss == "bce":  # the decoder's value is minus the occupancy logit: inside <= 0
+            recon = F.binary_cross_entropy_with_logits(-predicted, (sdf <= 0).float())
+        else:
+            recon = F.l1_loss(predicted, (sdf / self.config.sdf_truncation).clamp(-1.0, 1.0))
         kl = posterior.kl().mean().float()
         with torch.no_grad():
             sign_accuracy = ((predicted <= 0) == (sdf <= 0)).float().mean()
