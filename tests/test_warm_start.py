@@ -58,7 +58,6 @@ def test_warm_start_script_writes_a_loadable_folder(tmp_path):
 
 
 def test_v2_specs_are_valid_and_match_the_latent_size():
-    for name in ("midi3d-tiny-v2", "midi3d-tiny-v2-wide"):
-        spec = PipelineSpec.builtin(name)
-        assert spec.vae["latent_channels"] == spec.transformer["in_channels"] == 16
-        assert spec.vae["embed_include_pi"] is True
+    spec = PipelineSpec.builtin("midi3d-tiny-v2")
+    assert spec.vae["latent_channels"] == spec.transformer["in_channels"] == 16
+    assert spec.vae["embed_include_pi"] is False
