@@ -123,6 +123,20 @@ def _load_diffusers_model(cls):
     return load
 
 
+@contextlib.contextmanager
+def _without_transformers_bars():
+    """transformers' own progress bars (loading, "Writing model shards") off for the block."""
+    from transformers.utils import logging as hf_logging
+
+    bar_was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bar_was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def _load_transformers_model(class_name: str):
     def load(folder: Path, dtype: torch.dtype, allow_pickle: bool):
         import transformers
@@ -130,19 +144,13 @@ def _load_transformers_model(class_name: str):
         read_json(folder / "config.json")  # a clear error for a missing or broken config
         weight_files(folder, "model", allow_pickle)  # refuses pickles unless allowed
         cls = getattr(transformers, class_name)
-        from transformers.utils import logging as hf_logging
-
-        bar_was_enabled = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()
         try:
-            model, info = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
-                                              use_safetensors=not allow_pickle or None, output_loading_info=True)
+            with _without_transformers_bars():
+                model, info = cls.from_pretrained(str(folder), dtype=dtype, local_files_only=True,
+                                                  use_safetensors=not allow_pickle or None, output_loading_info=True)
         except Exception as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise CheckpointError(f"{folder}: cannot load {class_name} ({type(err).__name__}: {first})") from None
-        finally:
-            if bar_was_enabled:
-                hf_logging.enable_progress_bar()
         ignored = ("position_ids",)
         missing = [k for k in info.get("missing_keys", []) if not k.endswith(ignored)]
         unexpected = [k for k in info.get("unexpected_keys", []) if not k.endswith(ignored)]
@@ -314,7 +322,8 @@ class MIDIPipeline(DiffusionPipeline):
         index["scheduler"] = [self.scheduler.official_module, self.scheduler.official_class_name]
         for name in ("image_encoder_1", "image_encoder_2"):
             encoder = getattr(self, name)
-            encoder.save_pretrained(folder / name, safe_serialization=True)
+            with _without_transformers_bars():
+                encoder.save_pretrained(folder / name, safe_serialization=True)
             index[name] = ["transformers", type(encoder).__name__]
         for name, kind in (("feature_extractor_1", "clip"), ("feature_extractor_2", "bit")):
             config = getattr(self, name).to_dict()
