@@ -95,8 +95,8 @@ def main() -> None:
             report["sign_accuracy"] = {"mixture": float(np.concatenate(right_all).mean()),
                                        "near_surface": float(np.concatenate(right_near).mean()),
                                        "within_0.01": float(np.concatenate(right_close).mean())}
-            print(f"  held-out sign accuracy (surface dilated by {args.sign_offset:g}): " + ", ".join(f"{key} {value:.4f}"
-                                                            for key, value in report["sign_accuracy"].items()))
+            scores = ", ".join(f"{key} {value:.4f}" for key, value in report["sign_accuracy"].items())
+            print(f"  held-out sign accuracy (surface dilated by {args.sign_offset:g}): {scores}")
         options = ExtractionOptions(method=args.method, resolution=args.resolution)
         for noise in args.noise:
             generator = torch.Generator().manual_seed(0)
