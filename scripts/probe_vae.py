@@ -48,7 +48,7 @@ def main() -> None:
 
     import trimesh
 
-    from midi3d.data.layout import SCENE, SURFACE, read_surface
+    from midi3d.data.layout import SCENE, encoder_inputs, listed_objects
     from midi3d.eval.metrics import bbox_iou
     from midi3d.pipelines import MIDIPipeline
     from midi3d.pipelines.pipeline_midi import ExtractionOptions
@@ -58,22 +58,14 @@ def main() -> None:
     pipe.set_progress_bar_config(disable=True)
     with torch.no_grad():  # the decoder returns -proj_out(h): lowering the bias raises the field
         pipe.vae.decoder.proj_out.bias -= args.iso_shift
-    rooms = json.loads((args.data / "midi_room_ids.json").read_text())
-    names = json.loads((args.data / "midi_furniture_ids.json").read_text())
-    objects = [(room, name) for room, listed in zip(rooms, names) for name in listed][: args.objects]
-    rng = np.random.default_rng(0)
-    inputs, truth = [], []
-    for room, name in objects:
-        data = read_surface(args.data / SURFACE / room / f"{name}.npy")
-        points = np.concatenate([data["surface_points"], data["surface_normals"]], axis=1).astype(np.float32)
-        inputs.append(points[rng.choice(len(points), 2048, replace=len(points) < 2048)])
-        truth.append(data["surface_points"])
+    objects = listed_objects(args.data)[: args.objects]
+    inputs, truth = encoder_inputs(args.data, objects)
     tokens = pipe.transformer.config.width  # the official rule: latent tokens = transformer width
     report: dict = {"pipeline": str(args.pipeline), "objects": len(objects), "resolution": args.resolution,
                     "method": args.method, "iso_shift": args.iso_shift, "sign_offset": args.sign_offset,
                     "noise": {}}
     with torch.no_grad():
-        posterior = pipe.vae.encode(torch.from_numpy(np.stack(inputs)), num_tokens=tokens).latent_dist
+        posterior = pipe.vae.encode(torch.from_numpy(inputs), num_tokens=tokens).latent_dist
         spread = float(posterior.mean.std())
         report["posterior_std_over_spread"] = float(posterior.std.mean()) / spread
         print(f"{args.pipeline}: {len(objects)} objects, posterior std / latent spread "

@@ -11,7 +11,6 @@ Usage: python scripts/vae_figure.py OUT.png --data synth-val --pipeline LABEL=FO
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -57,35 +56,26 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=128)
     args = parser.parse_args()
 
-    from midi3d.data.layout import SCENE, SURFACE, read_surface
+    from midi3d.data.layout import SCENE, encoder_inputs, listed_objects
     from midi3d.eval.metrics import bbox_iou
     from midi3d.pipelines import MIDIPipeline
     from midi3d.pipelines.pipeline_midi import ExtractionOptions
 
-    rooms = json.loads((args.data / "midi_room_ids.json").read_text())
-    names = json.loads((args.data / "midi_furniture_ids.json").read_text())
     picked, kinds_seen = [], {}
-    for room, listed in zip(rooms, names):
-        for name in listed:
-            kind = name.rsplit("-", 1)[0]
-            if kind in THIN_KINDS and kinds_seen.get(kind, 0) < 2 and len(picked) < args.rows:
-                kinds_seen[kind] = kinds_seen.get(kind, 0) + 1
-                picked.append((room, name))
-    rng = np.random.default_rng(0)
-    inputs, truth, gt_meshes = [], [], []
-    for room, name in picked:
-        data = read_surface(args.data / SURFACE / room / f"{name}.npy")
-        points = np.concatenate([data["surface_points"], data["surface_normals"]], 1).astype(np.float32)
-        inputs.append(points[rng.choice(len(points), 2048, replace=len(points) < 2048)])
-        truth.append(data["surface_points"])
-        gt_meshes.append(trimesh.load(args.data / SCENE / room / f"{name}.glb", force="mesh"))
+    for room, name in listed_objects(args.data):
+        kind = name.rsplit("-", 1)[0]
+        if kind in THIN_KINDS and kinds_seen.get(kind, 0) < 2 and len(picked) < args.rows:
+            kinds_seen[kind] = kinds_seen.get(kind, 0) + 1
+            picked.append((room, name))
+    inputs, truth = encoder_inputs(args.data, picked)
+    gt_meshes = [trimesh.load(args.data / SCENE / room / f"{name}.glb", force="mesh") for room, name in picked]
     columns: list[tuple[str, list, list]] = [("ground truth", gt_meshes, [None] * len(picked))]
     for entry in args.pipeline:
         label, folder = entry.split("=", 1)
         pipe = MIDIPipeline.from_pretrained(folder)
         pipe.set_progress_bar_config(disable=True)
         with torch.no_grad():
-            latents = pipe.vae.encode(torch.from_numpy(np.stack(inputs)),
+            latents = pipe.vae.encode(torch.from_numpy(inputs),
                                       num_tokens=pipe.transformer.config.width).latent_dist.mean
             meshes, _ = pipe.extract(latents, ExtractionOptions(resolution=args.resolution), None)
         ious = [None if m is None else bbox_iou(np.asarray(m.vertices), p) for m, p in zip(meshes, truth)]

@@ -57,6 +57,30 @@ def read_surface(path: str | Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.float32) for k, v in data.items() if isinstance(v, np.ndarray)}
 
 
+def listed_objects(root: str | Path) -> list[tuple[str, str]]:
+    """Every ``(room, object name)`` of a dataset root, in its index files' order."""
+    import json
+
+    root = Path(root)
+    rooms = json.loads((root / ROOM_IDS).read_text())
+    names = json.loads((root / FURNITURE_IDS).read_text())
+    return [(room, name) for room, listed in zip(rooms, names) for name in listed]
+
+
+def encoder_inputs(root: str | Path, objects: list[tuple[str, str]], points: int = 2048,
+                   seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per object, ``points`` random surface samples with normals (the VAE encoder's input,
+    ``[N, points, 6]`` float32) and all its surface points (the ground truth)."""
+    rng = np.random.default_rng(seed)
+    inputs, truth = [], []
+    for room, name in objects:
+        data = read_surface(Path(root) / SURFACE / room / f"{name}.npy")
+        samples = np.concatenate([data["surface_points"], data["surface_normals"]], axis=1).astype(np.float32)
+        inputs.append(samples[rng.choice(len(samples), points, replace=len(samples) < points)])
+        truth.append(data["surface_points"])
+    return np.stack(inputs), truth
+
+
 def _read_npy(path: Path):
     with open(path, "rb") as handle:
         version = np.lib.format.read_magic(handle)
