@@ -61,3 +61,49 @@ def test_v2_specs_are_valid_and_match_the_latent_size():
     spec = PipelineSpec.builtin("midi3d-tiny-v2")
     assert spec.vae["latent_channels"] == spec.transformer["in_channels"] == 16
     assert spec.vae["embed_include_pi"] is False
+
+
+def test_widened_pipeline_computes_what_the_donor_does(tmp_path):
+    from midi3d.models.warm_start import widened_pipeline
+
+    donor = build_pipeline(_spec(4, seed=1)).to(torch.float32)
+    donor.transformer.set_multi_instance_layers("all")
+    wide, report = widened_pipeline(donor, 8, seed=3)
+    assert wide.vae.config.latent_channels == 8 and wide.transformer.config.in_channels == 8
+    assert wide.transformer.mi_layers == donor.transformer.mi_layers
+    assert not report.reshaped and "vae.quant.weight" in report.copied
+    generator = torch.Generator().manual_seed(0)
+    surface = torch.randn(2, 256, 6, generator=generator)
+    surface[..., 3:] = torch.nn.functional.normalize(surface[..., 3:], dim=-1)
+    tokens = donor.transformer.config.width
+    with torch.no_grad():
+        old = donor.vae.encode(surface, num_tokens=tokens).latent_dist
+        new = wide.vae.encode(surface, num_tokens=tokens).latent_dist
+        torch.testing.assert_close(new.mean[..., :4], old.mean)
+        torch.testing.assert_close(new.logvar[..., :4], old.logvar)
+        # whatever the new channels hold, the decoder and the transformer ignore them
+        latents = torch.cat([old.mean, torch.randn(*old.mean.shape[:2], 4, generator=generator)], dim=-1)
+        queries = torch.rand(2, 100, 3, generator=generator) * 2 - 1
+        torch.testing.assert_close(wide.vae.decode(latents, queries).sample, donor.vae.decode(old.mean, queries).sample)
+        scene = {"num_instances": 2}  # the two objects form one scene (multi-instance attention on)
+        context = torch.randn(2, 5, donor.transformer.config.cross_attention_dim, generator=generator)
+        context_2 = torch.randn(2, 5, donor.transformer.config.cross_attention_2_dim, generator=generator)
+        velocity_old = donor.transformer(old.mean, 0.5, context, context_2, attention_kwargs=scene).sample
+        velocity_new = wide.transformer(latents, 0.5, context, context_2, attention_kwargs=scene).sample
+        torch.testing.assert_close(velocity_new[..., :4], velocity_old)
+    assert not torch.equal(wide.vae.quant.weight[4:8], torch.zeros_like(wide.vae.quant.weight[4:8]))
+    wide.save_pretrained(tmp_path / "wide")  # a normal folder: it loads back with the new size
+    from midi3d.pipelines import MIDIPipeline
+
+    assert MIDIPipeline.from_pretrained(tmp_path / "wide").vae.config.latent_channels == 8
+
+
+def test_widening_refuses_fewer_channels():
+    from midi3d.models.warm_start import widened_pipeline
+
+    try:
+        widened_pipeline(build_pipeline(_spec(8, seed=1)), 4)
+    except ValueError as error:
+        assert "cannot widen 8 latent channels to 4" in str(error)
+    else:
+        raise AssertionError("narrowing was accepted")

@@ -56,3 +56,71 @@ def warm_start_pipeline(target, donor, components: tuple[str, ...] = PIPELINE_CO
         report.reshaped += part.reshaped
         report.missing += part.missing
     return report
+
+
+def _widen_columns(target: torch.Tensor, source: torch.Tensor) -> None:
+    """Copy ``source`` [out, c] into the first ``c`` columns of ``target`` [out, C]; zero the rest."""
+    target.zero_()
+    target[:, : source.shape[1]] = source
+
+
+def widen_latent_channels(target, donor) -> WarmStartReport:
+    """Warm-start ``target`` (a pipeline with more latent channels) from ``donor``, function-preserving.
+
+    Every tensor whose name and shape match is copied (all VAE and transformer blocks, the
+    encoders). The latent-size tensors are widened so that the target computes what the donor
+    does: the new latent channels enter the VAE decoder (``post_quant``) and the transformer
+    (``proj_in``) through zero columns, the encoder's posterior (``quant``: mean rows, then
+    log-variance rows) keeps the donor's rows for the old channels and fresh ones for the new (a
+    log-variance bias of -6, as a fresh build has),
+    and the transformer's ``proj_out`` keeps the donor's rows for the old channels. The extra
+    channels start unused; training decides what they carry.
+    """
+    old = donor.vae.config.latent_channels
+    new = target.vae.config.latent_channels
+    if new < old:
+        raise ValueError(f"cannot widen {old} latent channels to {new}")
+    if target.transformer.config.in_channels != new or donor.transformer.config.in_channels != old:
+        raise ValueError("the transformer's in_channels must equal the VAE's latent_channels in both pipelines")
+    report = WarmStartReport()
+    widened = {"vae.quant.weight", "vae.quant.bias", "vae.post_quant.weight",
+               "transformer.proj_in.weight", "transformer.proj_out.weight", "transformer.proj_out.bias"}
+    for component in ("vae", *PIPELINE_COMPONENTS):
+        part = copy_matching(getattr(target, component), getattr(donor, component), f"{component}.")
+        report.copied += part.copied
+        report.missing += part.missing
+        report.reshaped += [name for name in part.reshaped if name not in widened]
+    with torch.no_grad():
+        quant, donor_quant = target.vae.quant, donor.vae.quant
+        for target_rows, donor_rows in ((slice(0, old), slice(0, old)), (slice(new, new + old), slice(old, 2 * old))):
+            quant.weight[target_rows] = donor_quant.weight[donor_rows]
+            quant.bias[target_rows] = donor_quant.bias[donor_rows]
+        quant.bias[new + old :] = -6.0  # the new channels' posterior starts nearly deterministic, as a fresh build's
+        _widen_columns(target.vae.post_quant.weight, donor.vae.post_quant.weight)
+        _widen_columns(target.transformer.proj_in.weight, donor.transformer.proj_in.weight)
+        target.transformer.proj_out.weight[:old] = donor.transformer.proj_out.weight
+        target.transformer.proj_out.bias[:old] = donor.transformer.proj_out.bias
+    report.copied += sorted(widened)
+    return report
+
+
+def widened_pipeline(donor, latent_channels: int, seed: int = 0):
+    """A copy of the ``donor`` pipeline with ``latent_channels`` latent channels, function-preserving.
+
+    The VAE and transformer are rebuilt from the donor's own configs with the new channel count
+    (fresh weights from ``seed``) and filled by :func:`widen_latent_channels`; the image encoders,
+    processors, scheduler and the defaults the folder records are the donor's.
+    """
+    import copy
+
+    torch.manual_seed(seed)
+    vae = type(donor.vae).from_config({**donor.vae.config, "latent_channels": latent_channels})
+    transformer = type(donor.transformer).from_config({**donor.transformer.config, "in_channels": latent_channels})
+    if donor.transformer.has_layout_tokens:
+        transformer.enable_layout_tokens()
+    target = copy.deepcopy(donor)
+    vae.train(donor.vae.training)  # the VAE's query points depend on the mode (FPS start)
+    transformer.train(donor.transformer.training)
+    target.register_modules(vae=vae, transformer=transformer)
+    target.transformer.set_multi_instance_layers(donor.transformer.mi_layers)
+    return target, widen_latent_channels(target, donor)
