@@ -13,7 +13,7 @@ instead (a VAE trained with ``sdf_offset: D`` learns that surface).
 
     python scripts/probe_vae.py PIPELINE --data DATASET_ROOT [--objects 24] [--resolution 64]
         [--noise 0 0.3] [--iso-shift 0] [--sign-queries 4096] [--sign-offset 0]
-        [--method hierarchical|dense]
+        [--tokens T] [--method hierarchical|dense]
         [--json OUT.json] [--meshes DIR]
 """
 
@@ -41,6 +41,7 @@ def main() -> None:
                         help="Held-out near-surface queries per object for the sign accuracy (0 = off).")
     parser.add_argument("--sign-offset", type=float, default=0.0,
                         help="Score the sign against the surface dilated by this (the VAE's sdf_offset).")
+    parser.add_argument("--tokens", type=int, help="Latent tokens per object (default: the transformer width).")
     parser.add_argument("--method", choices=["hierarchical", "dense"], default="hierarchical")
     parser.add_argument("--json", type=Path, help="Also write the numbers to this JSON file.")
     parser.add_argument("--meshes", type=Path, help="Write the noise-free reconstructions here (GLB per object).")
@@ -60,9 +61,9 @@ def main() -> None:
         pipe.vae.decoder.proj_out.bias -= args.iso_shift
     objects = listed_objects(args.data)[: args.objects]
     inputs, truth = encoder_inputs(args.data, objects)
-    tokens = pipe.transformer.config.width  # the official rule: latent tokens = transformer width
+    tokens = args.tokens or pipe.transformer.config.width  # the official rule: latent tokens = transformer width
     report: dict = {"pipeline": str(args.pipeline), "objects": len(objects), "resolution": args.resolution,
-                    "method": args.method, "iso_shift": args.iso_shift, "sign_offset": args.sign_offset,
+                    "method": args.method, "tokens": tokens, "iso_shift": args.iso_shift, "sign_offset": args.sign_offset,
                     "noise": {}}
     with torch.no_grad():
         posterior = pipe.vae.encode(torch.from_numpy(inputs), num_tokens=tokens).latent_dist
@@ -109,7 +110,10 @@ def main() -> None:
                         mesh.export(args.meshes / f"{room}--{name}.glb")
             report["noise"][str(noise)] = {"box_iou": float(np.mean(ious)),
                                            "median_box_volume_ratio": float(np.median(ratios)),
-                                           "empty": int(sum(r == 0 for r in ratios))}
+                                           "empty": int(sum(r == 0 for r in ratios)),
+                                           "per_object": {"objects": ["/".join(o) for o in objects],
+                                                          "box_iou": [float(v) for v in ious],
+                                                          "box_volume_ratio": [float(v) for v in ratios]}}
             print(f"  noise {noise:g}: box IoU {np.mean(ious):.3f}, median box-volume ratio {np.median(ratios):.2f}, "
                   f"empty {sum(r == 0 for r in ratios)}")
     if args.json:
