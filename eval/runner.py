@@ -23,6 +23,7 @@ import numpy as np
 import trimesh
 
 from ..data.datasets import EvalScene
+from ..geometry.extraction import FALLBACK_METADATA
 from ..io.errors import InputError
 from ..io.files import output_error, write_atomic
 from ..io.paths import child_path
@@ -180,6 +181,9 @@ def run(dataset, predictor: Predictor, out_dir: Path, options: EvalOptions, keys
             has_truth = bool(scene.gt_points)
             metrics = score(scene, predicted, options) if has_truth else {}
             record = {"key": key, "status": "ok", "objects": len(scene.ids), **metrics}
+            dilated = sorted(i for i, m in predicted.items() if FALLBACK_METADATA in m.metadata)
+            if dilated:  # meshed at a fallback iso-level (no zero crossing): scored, and counted
+                record["dilated"] = dilated
             if not has_truth:
                 record["kind"] = "reprojection"
             if options.reprojection or not has_truth:
@@ -235,6 +239,7 @@ def summarise(records: dict[str, dict], keys: list[str], icp: str, max_objects: 
     summary["reprojection_scored"] = len(reprojected)
     summary["reprojection_iou"] = float(np.mean(reprojected)) if reprojected else math.nan
     summary["failures"] = {r["key"]: r["error"] for r in failed}
+    summary["dilated_instances"] = sum(len(r.get("dilated", [])) for r in ok)
     summary["max_objects"] = max_objects
     summary["buckets"] = {}
     for low, high in BUCKETS:
@@ -271,8 +276,10 @@ def summary_rows(summary: dict) -> tuple[list[str], list[str]]:
 def write_summary(out_dir: Path, summary: dict) -> None:
     """``summary.md``, ``summary.csv`` and ``summary.json`` (atomic)."""
     header, values = summary_rows(summary)
+    dilated = summary.get("dilated_instances", 0)
     markdown = [f"ICP: {summary['icp']} · scenes: {summary['scenes']} (scored {summary['scored']}, "
-                f"failed {summary['failed']}, missing {summary['missing']})", "",
+                f"failed {summary['failed']}, missing {summary['missing']})"
+                + (f" · {dilated} instance(s) meshed at a fallback iso-level" if dilated else ""), "",
                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header), "| " + " | ".join(values) + " |"]
     cap = summary.get("max_objects")
     if cap is not None and _has_3d(summary):

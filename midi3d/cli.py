@@ -51,6 +51,11 @@ GuidanceOpt = Annotated[float | None, typer.Option("--guidance", help="Classifie
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**63 - 1, help="Noise seed.")]
 ResolutionOpt = Annotated[int | None, typer.Option("--resolution", help="Meshing grid (cells per axis, a power of "
                                                    "two); default: the model folder's (embedded 128, official 256).")]
+EmptyFallbackOpt = Annotated[str | None, typer.Option("--empty-fallback", help="Instances whose field has no "
+                                                     "surface: 'none' (no mesh, the official behaviour) or "
+                                                     "iso-levels to mesh instead, tried in order (e.g. "
+                                                     "'0.05,0.12,0.25': ever more dilated). Default: the "
+                                                     "model folder's.")]
 ControlOpt = Annotated[str | None, typer.Option("--control", help="Instance control: a YAML file or a preset "
                                                "(neutral, grounding-0.3, ast-instances, ast-image, isolate-3dis; "
                                                "see docs/control.md). Default: the model folder's, if any.")]
@@ -95,6 +100,21 @@ def _require_writable(folder: Path) -> None:
 def _setup_logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.ERROR if quiet else logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=err_console, show_time=False, show_path=False)], force=True)
+
+
+def _fallback_levels(text: str | None) -> tuple[float, ...] | None:
+    """``--empty-fallback``: ``None`` (the folder's), ``()`` for 'none', or the checked levels."""
+    from .geometry.extraction import check_fallback_levels
+
+    if text is None:
+        return None
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        levels = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"--empty-fallback {text!r}: expected 'none' or comma-separated numbers") from None
+    return check_fallback_levels(levels, "--empty-fallback")
 
 
 def _check_sampling(steps: int | None, guidance: float | None, resolution: int | None, mi_layers: str | None) -> None:
@@ -150,6 +170,7 @@ def generate(
     dtype: DTypeOpt = DType.float32,
     extract: ExtractOpt = Extract.hierarchical,
     resolution: ResolutionOpt = None,
+    empty_fallback: EmptyFallbackOpt = None,
     smooth: bool = typer.Option(False, "--smooth", help="Official 3x3x3 mean-filter smoothing (dense only)."),
     faces: int = typer.Option(0, "--faces", min=0, help="Decimate each mesh to this many faces (0 = keep)."),
     no_postprocess: bool = typer.Option(False, "--no-postprocess", help="Skip the mesh clean-up."),
@@ -193,6 +214,7 @@ def generate(
         if extract is Extract.hierarchical and smooth:
             raise InputError("--smooth applies to --extract dense only")
         _check_sampling(steps, guidance, resolution, mi_layers)
+        fallback_levels = _fallback_levels(empty_fallback)
         control_config = load_control(control)  # checked before any model loads
         align = AlignOptions(camera=camera, texture=texture, overlay=overlay)
         torch_dtype = resolve_dtype(dtype.value, device)
@@ -208,7 +230,8 @@ def generate(
     options = GenerateOptions(
         steps=steps, guidance=guidance, seed=seed, pad=pad, num_latent_tokens=latent_tokens, control=control_config,
         max_instances=max_instances, max_memory_gb=max_memory_gb,
-        extraction=ExtractionOptions(method=extract.value, resolution=resolution, smooth=smooth),
+        extraction=ExtractionOptions(method=extract.value, resolution=resolution, smooth=smooth,
+                                     fallback_levels=fallback_levels),
         postprocess=None if no_postprocess else PostprocessConfig(target_faces=faces),
     )
     with _one_line_errors():
@@ -593,6 +616,7 @@ def evaluate(
     seed: SeedOpt = DEFAULT_SEED,
     extract: ExtractOpt = Extract.hierarchical,
     resolution: ResolutionOpt = None,
+    empty_fallback: EmptyFallbackOpt = None,
     control: ControlOpt = None,
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = DType.float32,
@@ -625,10 +649,13 @@ def evaluate(
         _export_ground_truth(data, keys, export_gt, quiet)
     with _one_line_errors():
         control_config = load_control(control)
+        fallback_levels = _fallback_levels(empty_fallback)
         predictor = _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, resolution,
-                               control_config)
+                               control_config, fallback_levels)
     sampling = dict(steps=steps, guidance=guidance, seed=seed, extract=extract.value, resolution=resolution,
                     device=device, dtype=dtype.value)
+    if fallback_levels is not None:  # given: another run (the folder's default is part of its files' identity)
+        sampling["empty_fallback"] = list(fallback_levels)
     if control_config is not None:  # a run with other controls is another run
         sampling["control"] = control_config.to_data()
     identity = _run_identity(spec, pred_dir, model, sampling)
@@ -656,7 +683,8 @@ def _export_ground_truth(data, keys, export_gt: Path, quiet: bool) -> None:
     raise typer.Exit(EXIT_SCENES_FAILED if failures else 0)
 
 
-def _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, resolution, control=None):
+def _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, resolution, control=None,
+               fallback_levels=None):
     from .eval.benchmark import files_predictor, model_predictor
     from .pipelines.loading import load_pipeline, resolve_dtype
     from .pipelines.pipeline_midi import ExtractionOptions
@@ -667,7 +695,8 @@ def _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, r
     _check_sampling(steps, guidance, resolution, None)
     pipe = load_pipeline(model, resolve_dtype(dtype.value, device), device, quiet=True)
     options = GenerateOptions(steps=steps, guidance=guidance, seed=seed, postprocess=None, control=control,
-                              extraction=ExtractionOptions(method=extract.value, resolution=resolution))
+                              extraction=ExtractionOptions(method=extract.value, resolution=resolution,
+                                                           fallback_levels=fallback_levels))
     return model_predictor(pipe, options)
 
 

@@ -186,8 +186,11 @@ def generate_folder(pipe: MIDIPipeline, plan: FolderPlan, options: GenerateOptio
 
 
 def summary_line(path: Path, result: MIDIPipelineOutput, seconds: float) -> str:
-    """``PATH: 4/5 instances (no surface: 3) in 2.9s (encode 0.1s, …)``."""
+    """``PATH: 4/5 instances (no surface: 3; dilated: 2) in 2.9s (encode 0.1s, …)``."""
     made = len(result.ids) - len(result.empty_ids)
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
-    empty = f" (no surface: {', '.join(map(str, result.empty_ids))})" if result.empty_ids else ""
-    return f"{path}: {made}/{len(result.ids)} instances{empty} in {seconds:.1f}s ({timing})"
+    notes = [f"no surface: {', '.join(map(str, result.empty_ids))}"] if result.empty_ids else []
+    if result.fallback_levels:
+        notes.append(f"dilated: {', '.join(map(str, result.fallback_levels))}")
+    return f"{path}: {made}/{len(result.ids)} instances{' (' + '; '.join(notes) + ')' if notes else ''} " \
+           f"in {seconds:.1f}s ({timing})"

@@ -22,7 +22,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ..geometry.extraction import GridResult, dense_grids, extract_meshes
+from ..geometry.extraction import FALLBACK_METADATA, ExtractionStats, GridResult, dense_grids, extract_meshes
 from ..geometry.postprocess import PostprocessConfig, postprocess_mesh
 from ..io.files import write_folder_atomic
 from ..io.labelmap import DEFAULT_MAX_INSTANCES
@@ -60,6 +60,7 @@ class ExtractionOptions:
 
     method: str = "hierarchical"
     resolution: int | None = None  # None: the pipeline folder's default (``MIDIPipeline.sampling_defaults``)
+    fallback_levels: tuple[float, ...] | None = None  # iso-levels for instances with no surface; None: the folder's
     coarse_resolution: int = 32  # clamped to the resolution for grids smaller than 32³
     progressive: bool = True
     smooth: bool = False
@@ -73,8 +74,10 @@ class MIDIPipelineOutput(BaseOutput):
 
     ``latents`` ``[B, T, C]``; ``meshes`` one per entry of ``instance_ids`` in the scene frame
     (``None`` where the field has no zero crossing; ``meshes`` is ``None`` for
-    ``output_type="latent"``); ``empty_ids`` the ids without a surface; ``timings`` seconds per stage; ``settings`` the
-    resolved values used (steps, guidance, resolution, layers, …).
+    ``output_type="latent"``); ``empty_ids`` the ids without a surface; ``fallback_levels`` the ids
+    whose field had no zero crossing and were meshed at a dilated iso-level instead (the folder's
+    or the caller's ``fallback_levels``), with that level; ``timings`` seconds per stage;
+    ``settings`` the resolved values used (steps, guidance, resolution, layers, …).
     """
 
     latents: torch.Tensor | None = None
@@ -83,6 +86,7 @@ class MIDIPipelineOutput(BaseOutput):
     num_sdf_queries: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    fallback_levels: dict[int, float] = field(default_factory=dict)  # id -> iso-level, for ids meshed by the fallback
 
     @property
     def ids(self) -> list[int]:  # the name scene helpers and exporters use
@@ -424,17 +428,30 @@ class MIDIPipeline(DiffusionPipeline):
     def extract(self, latents: torch.Tensor, options: ExtractionOptions | None = None,
                 postprocess: PostprocessConfig | None = None) -> tuple[list[trimesh.Trimesh | None], int]:
         """Meshes in the scene frame for latents ``[B, T, C]``; returns ``(meshes, sdf_queries)``."""
+        meshes, stats = self.extract_with_stats(latents, options, postprocess)
+        return meshes, stats.num_queries
+
+    @torch.no_grad()
+    def extract_with_stats(self, latents: torch.Tensor, options: ExtractionOptions | None = None,
+                           postprocess: PostprocessConfig | None = None
+                           ) -> tuple[list[trimesh.Trimesh | None], ExtractionStats]:
+        """:meth:`extract`, with the extraction's statistics (queries; which instances were meshed at
+        a fallback iso-level, by index)."""
         options = options or ExtractionOptions()
-        resolution = self.sampling_defaults.resolve(resolution=options.resolution).resolution
-        coarse_resolution = min(options.coarse_resolution, resolution)
+        resolved = self.sampling_defaults.resolve(resolution=options.resolution, fallback_levels=options.fallback_levels)
+        coarse_resolution = min(options.coarse_resolution, resolved.resolution)
         sdfs = self.vae.sdf_functions(latents.to(self.vae.dtype), chunk_size=options.chunk_size)
         with self.progress_bar(total=len(sdfs)) as bar:
-            meshes, stats = extract_meshes(sdfs, options.method, resolution, options.smooth,
+            meshes, stats = extract_meshes(sdfs, options.method, resolved.resolution, options.smooth,
                                            options.progressive, options.vertex_mapping, coarse_resolution,
-                                           on_instance_done=lambda _: bar.update())
+                                           on_instance_done=lambda _: bar.update(),
+                                           fallback_levels=resolved.fallback_levels)
         if postprocess is not None:
             meshes = [postprocess_mesh(m, postprocess) if m is not None else None for m in meshes]
-        return meshes, stats.num_queries
+            for index, level in stats.fallback_levels.items():  # the clean-up makes new meshes
+                if meshes[index] is not None:
+                    meshes[index].metadata[FALLBACK_METADATA] = level
+        return meshes, stats
 
     def _instance_inputs(self, image, mask, image_scene, pad: bool, max_instances: int, settings: SamplingDefaults,
                          extraction: ExtractionOptions, tokens: int | None, max_memory_gb: float) -> InstanceInputs:
@@ -522,7 +539,8 @@ class MIDIPipeline(DiffusionPipeline):
                 raise ValueError("pass the label map once: as mask or as label_map")
             mask = label_map
         extraction = extraction or ExtractionOptions()
-        settings = self.sampling_defaults.resolve(num_inference_steps, guidance_scale, extraction.resolution)
+        settings = self.sampling_defaults.resolve(num_inference_steps, guidance_scale, extraction.resolution,
+                                                  extraction.fallback_levels)
         control = load_control(control) if control is not None else self.control_defaults
         inputs = self._instance_inputs(image, mask, image_scene, pad, max_instances, settings, extraction,
                                        num_latent_tokens, max_memory_gb)
@@ -596,11 +614,14 @@ class MIDIPipeline(DiffusionPipeline):
                 latents = (returned or {}).pop("latents", latents)
         timings["denoise"] = time.perf_counter() - start
 
-        meshes, queries = None, 0
+        meshes, queries, fallbacks = None, 0, {}
         if output_type == "mesh":
             start = time.perf_counter()
-            meshes, queries = self.extract(latents, dataclasses.replace(extraction, resolution=settings.resolution),
-                                           postprocess)
+            meshes, stats = self.extract_with_stats(
+                latents, dataclasses.replace(extraction, resolution=settings.resolution,
+                                             fallback_levels=settings.fallback_levels), postprocess)
+            queries = stats.num_queries
+            fallbacks = {inputs.ids[index]: level for index, level in stats.fallback_levels.items()}
             timings["decode"] = time.perf_counter() - start
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -609,4 +630,4 @@ class MIDIPipeline(DiffusionPipeline):
                 "extraction": extraction.method, "num_latent_tokens": int(latents.shape[1]),
                 "control": None if plan is None else plan.config.to_data()}
         return MIDIPipelineOutput(latents=latents, meshes=meshes, instance_ids=inputs.ids,
-                                  num_sdf_queries=queries, timings=timings, settings=used)
+                                  num_sdf_queries=queries, timings=timings, settings=used, fallback_levels=fallbacks)

@@ -1,7 +1,8 @@
 """Sampling defaults that travel with a model: read from and written to its pipeline folder.
 
 A folder's ``model_index.json`` may hold ``"_midi3d_sampling": {"num_inference_steps": …,
-"guidance_scale": …, "resolution": …}`` (the official loader ignores keys starting with ``_``).
+"guidance_scale": …, "resolution": …, "empty_fallback_levels": […]}`` (the official loader
+ignores keys starting with ``_``; the last key is optional).
 A folder without it gets the official release's values. Every caller (``MIDIPipeline.__call__``,
 ``generate_scene``, the CLI, ``eval``, the demo) resolves its settings through
 :meth:`SamplingDefaults.resolve`: a value the user gives always wins.
@@ -48,22 +49,31 @@ class SamplingDefaults:
     steps: int = 50            # denoising steps
     guidance: float = 7.0      # classifier-free guidance scale
     resolution: int = 256      # meshing grid (cells per axis)
+    fallback_levels: tuple[float, ...] = ()  # iso-levels tried for an instance with no surface (none: official)
 
     def __post_init__(self):
+        from ..geometry.extraction import check_fallback_levels
+
         check_steps(self.steps, "num_inference_steps")
         check_guidance(self.guidance, "guidance_scale")
         check_resolution(self.resolution)
+        object.__setattr__(self, "fallback_levels", check_fallback_levels(self.fallback_levels,
+                                                                          "empty_fallback_levels"))
 
-    def resolve(self, steps: int | None = None, guidance: float | None = None,
-                resolution: int | None = None) -> SamplingDefaults:
+    def resolve(self, steps: int | None = None, guidance: float | None = None, resolution: int | None = None,
+                fallback_levels: tuple[float, ...] | None = None) -> SamplingDefaults:
         """The given values, each ``None`` replaced by this default; the values are checked."""
         return SamplingDefaults(self.steps if steps is None else steps,
                                 self.guidance if guidance is None else guidance,
-                                self.resolution if resolution is None else resolution)
+                                self.resolution if resolution is None else resolution,
+                                self.fallback_levels if fallback_levels is None else fallback_levels)
 
     def to_index(self) -> dict[str, Any]:
-        """The ``model_index.json`` entry."""
-        return {"num_inference_steps": self.steps, "guidance_scale": self.guidance, "resolution": self.resolution}
+        """The ``model_index.json`` entry (``empty_fallback_levels`` only when there are some)."""
+        entry = {"num_inference_steps": self.steps, "guidance_scale": self.guidance, "resolution": self.resolution}
+        if self.fallback_levels:
+            entry["empty_fallback_levels"] = list(self.fallback_levels)
+        return entry
 
     @classmethod
     def from_index(cls, index: dict, source: str) -> SamplingDefaults:
@@ -72,11 +82,15 @@ class SamplingDefaults:
         entry = index.get(SAMPLING_KEY)
         if entry is None:
             return OFFICIAL_DEFAULTS
-        names = {"num_inference_steps": "steps", "guidance_scale": "guidance", "resolution": "resolution"}
+        names = {"num_inference_steps": "steps", "guidance_scale": "guidance", "resolution": "resolution",
+                 "empty_fallback_levels": "fallback_levels"}
         if not isinstance(entry, dict) or set(entry) - set(names):
             raise ValueError(f"{source}: {SAMPLING_KEY} must be a mapping with keys {sorted(names)}, got {entry!r}")
         try:
-            return OFFICIAL_DEFAULTS.resolve(**{names[k]: v for k, v in entry.items()})
+            values = {names[k]: v for k, v in entry.items()}
+            if "fallback_levels" in values and not isinstance(values["fallback_levels"], list):
+                raise ValueError(f"empty_fallback_levels {values['fallback_levels']!r}: must be a list")
+            return OFFICIAL_DEFAULTS.resolve(**values)
         except ValueError as err:
             raise ValueError(f"{source}: {SAMPLING_KEY}: {err}") from None
 

@@ -93,14 +93,19 @@ def generate_scene(pipe: MIDIPipeline, scene: SceneInputs, options: GenerateOpti
     if result.empty_ids:
         logger.warning("%s: no surface (no zero crossing) for instance(s) %s; they have no mesh in the output",
                        scene.name, ", ".join(map(str, result.empty_ids)))
+    if result.fallback_levels:
+        logger.info("%s: no zero crossing for instance(s) %s; meshed at a dilated iso-level instead", scene.name,
+                    ", ".join(f"{i} (level {level:g})" for i, level in result.fallback_levels.items()))
     return result
 
 
 def build_scene(ids: list[int], meshes: list[trimesh.Trimesh | None], keep_visuals: bool = False,
-                camera: PinholeCamera | None = None, metadata: dict | None = None) -> trimesh.Scene:
+                camera: PinholeCamera | None = None, metadata: dict | None = None,
+                fallback_levels: dict[int, float] | None = None) -> trimesh.Scene:
     """A ``trimesh.Scene`` with one node ``instance_<id>`` per instance that has a mesh, coloured
     with the instance palette (or keeping the meshes' own textures / vertex colours), and the
-    ``camera`` as a glTF camera node ``camera`` when given."""
+    ``camera`` as a glTF camera node ``camera`` when given. ``fallback_levels`` (id → iso-level,
+    :attr:`MIDIPipelineOutput.fallback_levels`) is recorded as ``midi3d_fallback_levels``."""
     scene = trimesh.Scene()
     empty = []
     for index, (instance_id, mesh) in enumerate(zip(ids, meshes)):
@@ -115,6 +120,8 @@ def build_scene(ids: list[int], meshes: list[trimesh.Trimesh | None], keep_visua
         scene.add_geometry(coloured, node_name=name, geom_name=name)
     scene.metadata["midi3d_instance_ids"] = list(ids)
     scene.metadata["midi3d_empty_instance_ids"] = empty
+    if fallback_levels:  # glTF extras keys are strings
+        scene.metadata["midi3d_fallback_levels"] = {str(i): level for i, level in sorted(fallback_levels.items())}
     if camera is not None and scene.geometry:
         scene.camera = trimesh.scene.Camera(name="camera", resolution=(camera.width, camera.height),
                                             focal=(camera.focal, camera.focal))
@@ -141,10 +148,11 @@ def export_scene(result: MIDIPipelineOutput, path: str | Path, alignment: SceneA
     if file_type not in EXPORT_FORMATS:
         raise InputError(f"{path}: unsupported output format {path.suffix!r} (use .glb, .obj or .ply)")
     if alignment is None:
-        scene = build_scene(result.instance_ids, result.meshes or [])
+        scene = build_scene(result.instance_ids, result.meshes or [], fallback_levels=result.fallback_levels)
     else:
         scene = build_scene(result.instance_ids, alignment.meshes, keep_visuals=alignment.textured,
-                            camera=alignment.camera, metadata=alignment.metadata())
+                            camera=alignment.camera, metadata=alignment.metadata(),
+                            fallback_levels=result.fallback_levels)
     if not scene.geometry:
         raise InputError(f"{path}: no instance produced a surface; nothing to write")
     if file_type == "ply":

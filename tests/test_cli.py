@@ -66,7 +66,8 @@ def test_embedded_model_is_the_shipped_trained_one():
     pipe = load_embedded_pipeline()
     assert pipe.transformer.config.num_layers == 8 and pipe.transformer.mi_layers == (2, 3, 4, 5, 6)
     # its folder records what it samples with, and every caller gets it
-    assert pipe.sampling_defaults == SamplingDefaults(steps=50, guidance=2.0, resolution=128)
+    assert pipe.sampling_defaults == SamplingDefaults(steps=50, guidance=2.0, resolution=128,
+                                                      fallback_levels=(0.05, 0.1, 0.2, 0.4))
 
 
 def test_embedded_model_beats_the_random_stand_in_on_held_out_rooms(tmp_path):
@@ -251,3 +252,27 @@ def test_guidance_default_depends_on_the_model(tmp_path, model_dir, monkeypatch,
     code, output = run(*args)
     assert code == 0, output
     assert seen == [expected]
+
+
+@pytest.mark.parametrize("value, message", [("abc", "expected 'none' or comma-separated numbers"),
+                                            ("0.2,0.1", "increasing finite numbers > 0")])
+def test_bad_empty_fallback_levels_are_one_line_before_any_model_loads(tmp_path, value, message):
+    out = tmp_path / "scene.glb"
+    code, output = run(BUNDLED / "blocks-5_rgb.png", "--seg", BUNDLED / "blocks-5_seg.png", "-o", out,
+                       "--model", tmp_path / "no-such-model", "--empty-fallback", value, *FAST)
+    assert code == 2 and message in output and "--empty-fallback" in output, output
+    assert not out.exists()
+
+
+def test_a_folder_with_bad_fallback_levels_names_its_index(tmp_path, model_dir):
+    import json
+    import shutil
+
+    folder = tmp_path / "tiny"
+    shutil.copytree(model_dir, folder)
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_midi3d_sampling"] = {**index.get("_midi3d_sampling", {}), "empty_fallback_levels": [0.3, -1]}
+    (folder / "model_index.json").write_text(json.dumps(index))
+    code, output = run(BUNDLED / "blocks-5_rgb.png", "--seg", BUNDLED / "blocks-5_seg.png", "-o",
+                       tmp_path / "scene.glb", "--model", folder, *FAST)
+    assert code == 2 and "model_index.json" in output and "empty_fallback_levels" in output, output

@@ -8,7 +8,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from midi3d.geometry import PostprocessConfig, extract_dense, extract_hierarchical, postprocess_mesh
-from midi3d.geometry.extraction import dense_grids
+from midi3d.geometry.extraction import dense_grids, extract_meshes
 from midi3d.geometry.sampling import farthest_point_sampling
 
 
@@ -70,3 +70,30 @@ def test_fps_matches_brute_force():
             chosen.append(nxt)
             d = torch.minimum(d, ((pts[b] - pts[b, nxt]) ** 2).sum(-1))
         assert idx[b].tolist() == chosen
+
+
+@pytest.mark.parametrize("method", ["hierarchical", "dense"])
+def test_an_instance_without_surface_is_meshed_at_the_first_fallback_level_that_has_one(method):
+    """A field that stays above zero (its minimum 0.03 at the origin) gives no mesh by default; with
+    fallback levels the first one above its minimum meshes it, and the stats say which."""
+    faint = lambda p: (p - torch.tensor([0.2, 0.0, 0.0])).norm(dim=-1) + 0.03  # noqa: E731
+    solid = lambda p: p.norm(dim=-1) - 0.3  # noqa: E731
+    meshes, stats = extract_meshes([solid, faint], method, resolution=32, coarse_resolution=8)
+    assert meshes[0] is not None and meshes[1] is None and stats.fallback_levels == {}
+    meshes, fallback = extract_meshes([solid, faint], method, resolution=32, coarse_resolution=8,
+                                      fallback_levels=(0.01, 0.2, 0.5))
+    assert stats.num_queries < fallback.num_queries
+    assert fallback.fallback_levels == {1: 0.2}  # 0.01 is below the field's minimum: no surface there
+    centre = meshes[1].bounds.mean(axis=0)
+    np.testing.assert_allclose(centre, [0.2, 0.0, 0.0], atol=0.04)  # the level set around the minimum
+    assert 0.1 < np.ptp(meshes[1].vertices[:, 1]) < 0.4  # radius 0.2 - 0.03 = 0.17
+    assert len(meshes[0].faces) == len(extract_meshes([solid], method, resolution=32, coarse_resolution=8)[0][0].faces)
+    meshes, stats = extract_meshes([lambda p: p.norm(dim=-1) + 1.0], method, resolution=16, coarse_resolution=8,
+                                   fallback_levels=(0.1, 0.5))
+    assert meshes == [None] and stats.fallback_levels == {}
+
+
+@pytest.mark.parametrize("levels", [(0.2, 0.1), (0.0,), (float("nan"),), (-0.1,), tuple(range(1, 10))])
+def test_bad_fallback_levels_are_refused(levels):
+    with pytest.raises(ValueError, match="increasing finite numbers > 0"):
+        extract_meshes([lambda p: p.norm(dim=-1)], resolution=8, coarse_resolution=8, fallback_levels=levels)

@@ -71,6 +71,45 @@ def test_empty_instance_is_named_in_a_warning(tiny_pipe, caplog):
     assert "instance(s) 1, 2, 3" in caplog.text
 
 
+def test_instances_without_surface_use_the_folder_or_callers_fallback_levels(tiny_pipe, monkeypatch, tmp_path):
+    """The decoded fields of instances 2 and 3 stay above zero (minimum 0.03): without fallback
+    levels they have no mesh; with the folder's (saved and reloaded) or the caller's levels they
+    are meshed at the first level that has a surface, and the result names them."""
+    from midi3d.pipelines.batch import summary_line
+    from midi3d.pipelines.sampling import SamplingDefaults
+
+    solid = lambda p: p.norm(dim=-1) - 0.3  # noqa: E731
+    faint = lambda p: p.norm(dim=-1) + 0.03  # noqa: E731
+    options = GenerateOptions(steps=1, extraction=ExtractionOptions(resolution=32, coarse_resolution=8),
+                              postprocess=None)
+    tiny_pipe.sampling_defaults = SamplingDefaults(fallback_levels=(0.1, 0.4))
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
+    pipe = MIDIPipeline.from_pretrained(tmp_path / "pipe")
+    assert pipe.sampling_defaults.fallback_levels == (0.1, 0.4)
+    pipe.set_progress_bar_config(disable=True)
+    monkeypatch.setattr(pipe.vae, "sdf_functions", lambda latents, chunk_size=None: [solid, faint, faint])
+    result = generate_scene(pipe, scene(), options)
+    assert result.empty_ids == [] and result.fallback_levels == {2: 0.1, 3: 0.1}
+    meshes = result.meshes_by_id()  # each mesh says so too (the evaluation counts them from this)
+    assert [meshes[i].metadata.get("midi3d_fallback_level") for i in (1, 2, 3)] == [None, 0.1, 0.1]
+    assert result.settings["fallback_levels"] == (0.1, 0.4)
+    assert "(dilated: 2, 3)" in summary_line(tmp_path / "room.glb", result, 1.0)
+    import trimesh
+
+    from midi3d.pipelines.scene import export_scene
+
+    written = trimesh.load(export_scene(result, tmp_path / "room.glb"), force="scene")
+    assert written.metadata["midi3d_fallback_levels"] == {"2": 0.1, "3": 0.1}
+    assert sorted(written.graph.nodes_geometry) == ["instance_1", "instance_2", "instance_3"]
+    off = generate_scene(pipe, scene(), GenerateOptions(**{**options.__dict__, "extraction": ExtractionOptions(
+        resolution=32, coarse_resolution=8, fallback_levels=())}))
+    assert off.empty_ids == [2, 3] and off.fallback_levels == {}
+    assert "(no surface: 2, 3)" in summary_line(tmp_path / "room.glb", off, 1.0)
+    higher = generate_scene(pipe, scene(), GenerateOptions(**{**options.__dict__, "extraction": ExtractionOptions(
+        resolution=32, coarse_resolution=8, fallback_levels=(0.01, 0.3))}))
+    assert higher.fallback_levels == {2: 0.3, 3: 0.3}  # the caller's levels win; 0.01 has no surface
+
+
 def test_unset_guidance_and_resolution_come_from_the_pipeline(tiny_pipe, monkeypatch):
     """``GenerateOptions()`` leaves guidance and meshing resolution to ``pipe.sampling_defaults``
     (so Python callers of the embedded model get its defaults, as CLI users do); given values win."""
@@ -79,7 +118,7 @@ def test_unset_guidance_and_resolution_come_from_the_pipeline(tiny_pipe, monkeyp
 
     assert tiny_pipe.sampling_defaults == OFFICIAL_DEFAULTS
     latents, resolutions = [], []
-    real_extract, real_meshes = tiny_pipe.extract, pipeline_module.extract_meshes
+    real_extract, real_meshes = tiny_pipe.extract_with_stats, pipeline_module.extract_meshes
 
     def spy_extract(lat, options=None, postprocess=None):
         latents.append(lat.clone())
@@ -89,7 +128,7 @@ def test_unset_guidance_and_resolution_come_from_the_pipeline(tiny_pipe, monkeyp
         resolutions.append(resolution)
         return real_meshes(sdfs, method, resolution, *args, **kwargs)
 
-    monkeypatch.setattr(tiny_pipe, "extract", spy_extract)
+    monkeypatch.setattr(tiny_pipe, "extract_with_stats", spy_extract)
     monkeypatch.setattr(pipeline_module, "extract_meshes", spy_meshes)
     monkeypatch.setattr(tiny_pipe, "sampling_defaults", SamplingDefaults(resolution=16, guidance=2.5))
     for guidance, resolution in [(None, None), (2.5, 32), (7.0, None)]:

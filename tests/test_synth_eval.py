@@ -206,6 +206,25 @@ def test_broken_scene_is_recorded_and_the_run_goes_on(dataset_root, tmp_path):
     del gt
 
 
+def test_instances_meshed_by_the_fallback_are_scored_and_counted(dataset_root, tmp_path):
+    from midi3d.eval.runner import write_summary
+
+    data = ThreeDFrontDataset(dataset_root, points=1024)
+
+    def predictor(scene):
+        meshes = {i: trimesh.load(p, force="mesh") for i, p in zip(scene.ids, scene.gt_meshes)}
+        meshes[scene.ids[-1]].metadata["midi3d_fallback_level"] = 0.1  # as the pipeline marks them
+        return meshes
+
+    run(data, predictor, tmp_path / "out", EvalOptions(icp="none", points=1024))
+    records = ResultLog(tmp_path / "out").records()
+    assert all(r["status"] == "ok" and len(r["dilated"]) == 1 for r in records.values())
+    summary = summarise(records, data.keys(), "none")
+    assert summary["failed"] == 0 and summary["dilated_instances"] == len(data.keys())
+    write_summary(tmp_path / "out", summary)
+    assert f"{len(data.keys())} instance(s) meshed at a fallback iso-level" in (tmp_path / "out" / "summary.md").read_text()
+
+
 @pytest.mark.slow
 def test_two_processes_give_the_same_summary(dataset_root, tmp_path):
     runner = CliRunner()

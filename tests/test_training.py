@@ -205,11 +205,20 @@ V2_SETTINGS = ("--set", "loss=bce", "--set", "sdf_offset=0.008", "--set", "aroun
                "--set", "around_margin=0.1")  # what configs/train/embedded-v2-vae.yaml changes
 
 
-@pytest.mark.parametrize("recipe", ["v1", "v2"])
+@pytest.mark.parametrize("recipe", ["v1", "v2", "v2-from-widened-v1"])
 def test_a_killed_run_resumes_from_its_last_checkpoint(recipe, data_root, spec_file, tmp_path):
     """SIGKILL mid-run, rerun: no step lost or logged twice, and the losses after the kill are those
-    of an uninterrupted run (v2: the embedded model v2's VAE settings)."""
-    extra = V2_SETTINGS if recipe == "v2" else ()
+    of an uninterrupted run (v2: the embedded model v2's VAE settings; v2-from-widened-v1: the same,
+    starting from a pipeline widened to more latent channels, as embedded-v2-vae-ft does)."""
+    extra = V2_SETTINGS if recipe.startswith("v2") else ()
+    if recipe == "v2-from-widened-v1":
+        from midi3d.models.factory import PipelineSpec, build_pipeline
+        from midi3d.models.warm_start import widened_pipeline
+
+        donor = build_pipeline(PipelineSpec(**{**SPEC, "standin_occupancy": None}))
+        widened, _ = widened_pipeline(donor, 2 * donor.vae.config.latent_channels)
+        widened.save_pretrained(tmp_path / "widened")
+        extra = (*extra, "--init", str(tmp_path / "widened"))
     out = tmp_path / "run"
     process = subprocess.Popen(_train_command(data_root, out, spec_file, 400, extra), cwd=tmp_path,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -229,6 +238,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(recipe, data_root, spec_f
     assert steps == list(range(1, killed_at + 5))  # no step lost, none logged twice
     assert (out / "final" / "pipeline" / "model_index.json").is_file()
     assert not list(out.rglob("*.tmp"))
+    if recipe == "v2-from-widened-v1":  # trained from the widened folder, not from the spec
+        saved = json.loads((out / "final" / "pipeline" / "vae" / "config.json").read_text())
+        assert saved["latent_channels"] == 2 * SPEC["vae"]["latent_channels"]
     straight = tmp_path / "straight"
     subprocess.run(_train_command(data_root, straight, spec_file, killed_at + 4, extra), cwd=tmp_path,
                    capture_output=True, text=True, check=True)

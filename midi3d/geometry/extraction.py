@@ -57,6 +57,7 @@ class ExtractionStats:
 
     num_queries: int = 0
     levels: list[int] = field(default_factory=list)
+    fallback_levels: dict[int, float] = field(default_factory=dict)  # instance index -> iso-level that meshed it
 
 
 def grid_axes(bbox_min: Sequence[float], bbox_max: Sequence[float], resolution: int) -> list[Tensor]:
@@ -358,15 +359,38 @@ def extract_dense(sdf: SDFFunction, bbox: tuple[float, float] = DEFAULT_BOX, res
     return mesh_from_grid(grid, smooth, mapping), ExtractionStats(num_queries=grid.num_queries)
 
 
+FALLBACK_METADATA = "midi3d_fallback_level"  # mesh.metadata key: the iso-level a fallback meshed it at
+
+
+def check_fallback_levels(levels: Sequence[float], what: str = "fallback levels") -> tuple[float, ...]:
+    """``levels`` as a tuple if they are finite, > 0 and increasing (at most 8), else ``ValueError``."""
+    levels = tuple(levels)
+    if len(levels) > 8 or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0
+                              for v in levels) or any(b <= a for a, b in zip(levels, levels[1:])):
+        raise ValueError(f"{what} {list(levels)!r}: must be at most 8 increasing finite numbers > 0")
+    return tuple(float(v) for v in levels)
+
+
+def _level_set(sdf: SDFFunction, level: float) -> SDFFunction:
+    """The field minus ``level``: its zero set is ``sdf``'s ``level`` set (> 0: a dilated surface)."""
+    return lambda points: sdf(points) - level
+
+
 def extract_meshes(sdfs: Sequence[SDFFunction], method: str = "hierarchical", resolution: int = 256,
                    smooth: bool = False, progressive: bool = True, mapping: str = "official",
                    coarse_resolution: int = 32, bbox: tuple[float, float] = DEFAULT_BOX,
                    on_instance_done: Callable[[int], None] | None = None,
+                   fallback_levels: Sequence[float] = (),
                    ) -> tuple[list[trimesh.Trimesh | None], ExtractionStats]:
     """Meshes for several instances; ``None`` where an instance has no zero crossing.
 
-    ``on_instance_done(index)`` is called after each instance (e.g. to advance a progress bar).
+    ``fallback_levels``: for an instance with no zero crossing, mesh the first of these iso-levels
+    (in the field's units, increasing: ever more dilated surfaces) that has one, and record it in
+    ``stats.fallback_levels``; ``None`` only when none has. Empty (the default, the official
+    behaviour): no fallback. ``on_instance_done(index)`` is called after each instance (e.g. to
+    advance a progress bar).
     """
+    fallback_levels = check_fallback_levels(fallback_levels)
     stats = ExtractionStats()
     meshes: list[trimesh.Trimesh | None] = []
     if method == "dense":
@@ -386,4 +410,16 @@ def extract_meshes(sdfs: Sequence[SDFFunction], method: str = "hierarchical", re
                 on_instance_done(index)
     else:
         raise ValueError(f"unknown extraction method {method!r} (dense or hierarchical)")
+    for index, sdf in enumerate(sdfs):
+        for level in fallback_levels if meshes[index] is None else ():
+            if method == "dense":
+                mesh, one = extract_dense(_level_set(sdf, level), bbox, resolution, smooth, mapping)
+            else:
+                mesh, one = extract_hierarchical(_level_set(sdf, level), bbox, resolution, coarse_resolution, mapping)
+            stats.num_queries += one.num_queries
+            if mesh is not None:
+                mesh.metadata[FALLBACK_METADATA] = level
+                meshes[index] = mesh
+                stats.fallback_levels[index] = level
+                break
     return meshes, stats

@@ -63,6 +63,14 @@ class TrainConfig(_Strict):
     sample_steps: PositiveInt | None = None      # None: keep the starting folder's
     sample_guidance: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] | None = None
     sample_resolution: PositiveInt | None = None
+    sample_fallback_levels: list[float] | None = None  # iso-levels for instances with no surface ([] = none)
+
+    @field_validator("sample_fallback_levels")
+    @classmethod
+    def _increasing_levels(cls, value):
+        from ..geometry.extraction import check_fallback_levels
+
+        return value if value is None else list(check_fallback_levels(value, "sample_fallback_levels"))
 
     @field_validator("sample_resolution")
     @classmethod

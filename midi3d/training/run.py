@@ -69,8 +69,9 @@ def run_training(config: TrainConfig, data: Path, out: Path, init: Path | None =
     torch.manual_seed(config.seed)
     pipe = base_pipeline(config, init, allow_pickle).to(accelerator.device)
     # the trained folder records what it should sample with (model_index.json)
+    levels = None if config.sample_fallback_levels is None else tuple(config.sample_fallback_levels)
     pipe.sampling_defaults = pipe.sampling_defaults.resolve(config.sample_steps, config.sample_guidance,
-                                                            config.sample_resolution)
+                                                            config.sample_resolution, levels)
     settings = CacheSettings(config.surface_points, config.near_points, config.uniform_points,
                              config.min_area_fraction, config.max_instances, config.seed,
                              config.around_points, config.around_margin)
