@@ -279,5 +279,7 @@ def generate_outputs(pipe, rgb: np.ndarray, labels: np.ndarray, options, folder:
         summary += "); no camera could be estimated: instance colours"
     if result.empty_ids:
         summary += f"; no surface for {', '.join(map(str, result.empty_ids))}"
+    if result.fallback_levels:
+        summary += f"; meshed at a dilated level: {', '.join(map(str, result.fallback_levels))}"
     camera_position = viewer_camera(alignment, alignment.meshes if alignment is not None else result.meshes)
     return DemoResult(scene_path, zip_path, overlay_path, camera_position, summary)

@@ -153,10 +153,11 @@ def test_the_embedded_recipe_is_in_yaml_and_its_stages_parse():
         assert config.kind in ("vae", "dit")
     assert names[-1] == "embedded-layout-24k"
     final = load_train_config(names[-1])
-    assert (final.box_loss_weight, final.max_steps, final.sample_guidance, final.sample_resolution) == \
-        (1.0, 24000, 2.0, 128)
+    assert (final.box_loss_weight, final.max_steps, final.sample_guidance, final.sample_resolution,
+            final.sample_fallback_levels) == (1.0, 24000, 2.0, 128, [0.05, 0.1, 0.2, 0.4])
     assert json.loads((REPO / "midi3d" / "assets" / "midi3d-tiny" / "model_index.json").read_text())[
-        "_midi3d_sampling"] == {"num_inference_steps": 50, "guidance_scale": 2.0, "resolution": 128}
+        "_midi3d_sampling"] == {"num_inference_steps": 50, "guidance_scale": 2.0, "resolution": 128,
+                                "empty_fallback_levels": final.sample_fallback_levels}  # what the recipe writes
 
 
 def test_extends_merges_and_refuses_loops(tmp_path):
