@@ -113,11 +113,13 @@ def widened_pipeline(donor, latent_channels: int, seed: int = 0):
     """
     import copy
 
-    torch.manual_seed(seed)
-    vae = type(donor.vae).from_config({**donor.vae.config, "latent_channels": latent_channels})
-    transformer = type(donor.transformer).from_config({**donor.transformer.config, "in_channels": latent_channels})
-    if donor.transformer.has_layout_tokens:
-        transformer.enable_layout_tokens()
+    with torch.random.fork_rng(devices=[]):  # the caller's random state is left as it was
+        torch.manual_seed(seed)
+        vae = type(donor.vae).from_config({**donor.vae.config, "latent_channels": latent_channels})
+        transformer = type(donor.transformer).from_config({**donor.transformer.config,
+                                                           "in_channels": latent_channels})
+        if donor.transformer.has_layout_tokens:
+            transformer.enable_layout_tokens()
     target = copy.deepcopy(donor)
     vae.train(donor.vae.training)  # the VAE's query points depend on the mode (FPS start)
     transformer.train(donor.transformer.training)
