@@ -107,7 +107,7 @@ def main() -> None:
                 args.meshes.mkdir(parents=True, exist_ok=True)
                 for (room, name), mesh in zip(objects, meshes):
                     if mesh is not None:
-                        mesh.export(args.meshes / f"{room}--{name}.glb")
+                        mesh.export(args.meshes / f"{room.replace('/', '__')}--{name}.glb")
             report["noise"][str(noise)] = {"box_iou": float(np.mean(ious)),
                                            "median_box_volume_ratio": float(np.median(ratios)),
                                            "empty": int(sum(r == 0 for r in ratios)),
