@@ -22,7 +22,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ..geometry.extraction import FALLBACK_METADATA, ExtractionStats, GridResult, dense_grids, extract_meshes
+from ..geometry.extraction import FALLBACK_METADATA, GridResult, dense_grids, extract_meshes
 from ..geometry.postprocess import PostprocessConfig, postprocess_mesh
 from ..io.files import write_folder_atomic
 from ..io.labelmap import DEFAULT_MAX_INSTANCES
@@ -86,7 +86,6 @@ class MIDIPipelineOutput(BaseOutput):
     num_sdf_queries: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
-    fallback_levels: dict[int, float] = field(default_factory=dict)  # id -> iso-level, for ids meshed by the fallback
 
     @property
     def ids(self) -> list[int]:  # the name scene helpers and exporters use
@@ -96,6 +95,12 @@ class MIDIPipelineOutput(BaseOutput):
     def empty_ids(self) -> list[int]:
         """Ids whose field has no zero crossing (no mesh); ``[]`` for latent output."""
         return [i for i, m in zip(self.instance_ids, self.meshes or []) if m is None or len(m.faces) == 0]
+
+    @property
+    def fallback_levels(self) -> dict[int, float]:
+        """``{id: iso-level}`` for the ids meshed at a fallback level (recorded on each mesh)."""
+        return {i: m.metadata[FALLBACK_METADATA] for i, m in zip(self.instance_ids, self.meshes or [])
+                if m is not None and FALLBACK_METADATA in m.metadata}
 
     def meshes_by_id(self) -> dict[int, trimesh.Trimesh]:
         """``{instance id: mesh}`` for the instances that have a surface."""
@@ -427,16 +432,8 @@ class MIDIPipeline(DiffusionPipeline):
     @torch.no_grad()
     def extract(self, latents: torch.Tensor, options: ExtractionOptions | None = None,
                 postprocess: PostprocessConfig | None = None) -> tuple[list[trimesh.Trimesh | None], int]:
-        """Meshes in the scene frame for latents ``[B, T, C]``; returns ``(meshes, sdf_queries)``."""
-        meshes, stats = self.extract_with_stats(latents, options, postprocess)
-        return meshes, stats.num_queries
-
-    @torch.no_grad()
-    def extract_with_stats(self, latents: torch.Tensor, options: ExtractionOptions | None = None,
-                           postprocess: PostprocessConfig | None = None
-                           ) -> tuple[list[trimesh.Trimesh | None], ExtractionStats]:
-        """:meth:`extract`, with the extraction's statistics (queries; which instances were meshed at
-        a fallback iso-level, by index)."""
+        """Meshes in the scene frame for latents ``[B, T, C]``; returns ``(meshes, sdf_queries)``.
+        A mesh made at a fallback iso-level carries it in ``mesh.metadata`` (``FALLBACK_METADATA``)."""
         options = options or ExtractionOptions()
         resolved = self.sampling_defaults.resolve(resolution=options.resolution, fallback_levels=options.fallback_levels)
         coarse_resolution = min(options.coarse_resolution, resolved.resolution)
@@ -446,12 +443,9 @@ class MIDIPipeline(DiffusionPipeline):
                                            options.progressive, options.vertex_mapping, coarse_resolution,
                                            on_instance_done=lambda _: bar.update(),
                                            fallback_levels=resolved.fallback_levels)
-        if postprocess is not None:
+        if postprocess is not None:  # keeps each mesh's metadata (the fallback level among it)
             meshes = [postprocess_mesh(m, postprocess) if m is not None else None for m in meshes]
-            for index, level in stats.fallback_levels.items():  # the clean-up makes new meshes
-                if meshes[index] is not None:
-                    meshes[index].metadata[FALLBACK_METADATA] = level
-        return meshes, stats
+        return meshes, stats.num_queries
 
     def _instance_inputs(self, image, mask, image_scene, pad: bool, max_instances: int, settings: SamplingDefaults,
                          extraction: ExtractionOptions, tokens: int | None, max_memory_gb: float) -> InstanceInputs:
@@ -614,14 +608,11 @@ class MIDIPipeline(DiffusionPipeline):
                 latents = (returned or {}).pop("latents", latents)
         timings["denoise"] = time.perf_counter() - start
 
-        meshes, queries, fallbacks = None, 0, {}
+        meshes, queries = None, 0
         if output_type == "mesh":
             start = time.perf_counter()
-            meshes, stats = self.extract_with_stats(
-                latents, dataclasses.replace(extraction, resolution=settings.resolution,
-                                             fallback_levels=settings.fallback_levels), postprocess)
-            queries = stats.num_queries
-            fallbacks = {inputs.ids[index]: level for index, level in stats.fallback_levels.items()}
+            meshes, queries = self.extract(latents, dataclasses.replace(
+                extraction, resolution=settings.resolution, fallback_levels=settings.fallback_levels), postprocess)
             timings["decode"] = time.perf_counter() - start
         self.maybe_free_model_hooks()
         if not return_dict:
@@ -630,4 +621,4 @@ class MIDIPipeline(DiffusionPipeline):
                 "extraction": extraction.method, "num_latent_tokens": int(latents.shape[1]),
                 "control": None if plan is None else plan.config.to_data()}
         return MIDIPipelineOutput(latents=latents, meshes=meshes, instance_ids=inputs.ids,
-                                  num_sdf_queries=queries, timings=timings, settings=used, fallback_levels=fallbacks)
+                                  num_sdf_queries=queries, timings=timings, settings=used)

@@ -97,3 +97,11 @@ def test_an_instance_without_surface_is_meshed_at_the_first_fallback_level_that_
 def test_bad_fallback_levels_are_refused(levels):
     with pytest.raises(ValueError, match="increasing finite numbers > 0"):
         extract_meshes([lambda p: p.norm(dim=-1)], resolution=8, coarse_resolution=8, fallback_levels=levels)
+
+
+def test_postprocess_keeps_the_mesh_metadata():
+    """The clean-up makes a new mesh; what the mesh records (e.g. its fallback level) survives it."""
+    mesh, _ = extract_dense(scene_sdf, resolution=32)
+    mesh.metadata["midi3d_fallback_level"] = 0.2
+    cleaned = postprocess_mesh(mesh, PostprocessConfig())
+    assert cleaned is not mesh and cleaned.metadata["midi3d_fallback_level"] == 0.2

@@ -118,7 +118,7 @@ def test_unset_guidance_and_resolution_come_from_the_pipeline(tiny_pipe, monkeyp
 
     assert tiny_pipe.sampling_defaults == OFFICIAL_DEFAULTS
     latents, resolutions = [], []
-    real_extract, real_meshes = tiny_pipe.extract_with_stats, pipeline_module.extract_meshes
+    real_extract, real_meshes = tiny_pipe.extract, pipeline_module.extract_meshes
 
     def spy_extract(lat, options=None, postprocess=None):
         latents.append(lat.clone())
@@ -128,7 +128,7 @@ def test_unset_guidance_and_resolution_come_from_the_pipeline(tiny_pipe, monkeyp
         resolutions.append(resolution)
         return real_meshes(sdfs, method, resolution, *args, **kwargs)
 
-    monkeypatch.setattr(tiny_pipe, "extract_with_stats", spy_extract)
+    monkeypatch.setattr(tiny_pipe, "extract", spy_extract)
     monkeypatch.setattr(pipeline_module, "extract_meshes", spy_meshes)
     monkeypatch.setattr(tiny_pipe, "sampling_defaults", SamplingDefaults(resolution=16, guidance=2.5))
     for guidance, resolution in [(None, None), (2.5, 32), (7.0, None)]:

@@ -30,7 +30,8 @@ class PostprocessConfig:
 
 
 def postprocess_mesh(mesh: trimesh.Trimesh, config: PostprocessConfig) -> trimesh.Trimesh:
-    """Apply the configured clean-up; returns a new mesh (the input is not modified)."""
+    """Apply the configured clean-up; returns a new mesh with the input's metadata (the input is
+    not modified)."""
     import pymeshlab
 
     if len(mesh.faces) == 0:
@@ -55,7 +56,8 @@ def postprocess_mesh(mesh: trimesh.Trimesh, config: PostprocessConfig) -> trimes
         meshset.meshing_decimation_quadric_edge_collapse(targetfacenum=config.target_faces, preservenormal=True)
     meshset.meshing_remove_unreferenced_vertices()
     current = meshset.current_mesh()
-    result = trimesh.Trimesh(current.vertex_matrix(), current.face_matrix(), process=False)
+    result = trimesh.Trimesh(current.vertex_matrix(), current.face_matrix(), process=False,
+                             metadata=dict(mesh.metadata))
     if config.orient_outward and result.is_watertight and result.volume < 0:
         result.invert()
     return result
