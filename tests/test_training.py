@@ -87,11 +87,12 @@ def _task(kind: str, data_root: Path, spec_file: Path, tmp_path: Path, **changes
     return DiTTask(pipe, cache, config, latents), config
 
 
-@pytest.mark.parametrize("kind", ["vae", "vae-bce", "dit"])
+@pytest.mark.parametrize("kind", ["vae", "vae-bce", "vae-far", "dit"])
 def test_loss_on_a_fixed_batch_falls(kind, data_root, spec_file, tmp_path):
     from midi3d.training.loop import train
 
-    extra = {"dit": {"mixed_probability": 0.0}, "vae-bce": {"loss": "bce", "sdf_offset": 0.008}}.get(kind, {})
+    extra = {"dit": {"mixed_probability": 0.0}, "vae-bce": {"loss": "bce", "sdf_offset": 0.008},
+             "vae-far": {"loss": "bce", "sdf_offset": 0.008, "far_points": 128}}.get(kind, {})
     task, config = _task(kind.split("-")[0], data_root, spec_file, tmp_path, max_steps=40, checkpoint_every=1000,
                          log_every=1000, **extra)
     torch.manual_seed(0)
@@ -205,12 +206,15 @@ V2_SETTINGS = ("--set", "loss=bce", "--set", "sdf_offset=0.008", "--set", "aroun
                "--set", "around_margin=0.1")  # what configs/train/embedded-v2-vae.yaml changes
 
 
-@pytest.mark.parametrize("recipe", ["v1", "v2", "v2-from-widened-v1"])
+@pytest.mark.parametrize("recipe", ["v1", "v2", "v2-from-widened-v1", "v2-far"])
 def test_a_killed_run_resumes_from_its_last_checkpoint(recipe, data_root, spec_file, tmp_path):
     """SIGKILL mid-run, rerun: no step lost or logged twice, and the losses after the kill are those
     of an uninterrupted run (v2: the embedded model v2's VAE settings; v2-from-widened-v1: the same,
-    starting from a pipeline widened to more latent channels, as embedded-v2-vae-ft does)."""
+    starting from a pipeline widened to more latent channels, as embedded-v2-vae-ft does; v2-far:
+    with the far points of embedded-v2-vae-far, drawn afresh each step)."""
     extra = V2_SETTINGS if recipe.startswith("v2") else ()
+    if recipe == "v2-far":  # phase 2 (embedded-v2-vae-far): fresh far points drawn every step
+        extra = (*extra, "--set", "far_points=64", "--set", "far_margin=0.05")
     if recipe == "v2-from-widened-v1":
         from midi3d.models.factory import PipelineSpec, build_pipeline
         from midi3d.models.warm_start import widened_pipeline
@@ -362,3 +366,59 @@ def test_layout_tokens_train_from_scratch_and_with_lora(data_root, spec_file, tm
     same = {k: torch.equal(v, frozen[k]) for k, v in pipe.transformer.state_dict().items()
             if k in frozen and "lora_" not in k and "base_layer" not in k}
     assert same and all(same.values())  # LoRA training left the base weights as they were
+
+
+def test_far_queries_lie_outside_the_grown_box_and_never_overstate_the_distance():
+    """Far points: in the scene box, outside the object's box grown by the margin, labelled with
+    the distance to that box: exact for a box-shaped object, a lower bound for any other."""
+    from midi3d.training.vae import far_queries
+
+    rng = np.random.default_rng(0)
+    corners = rng.uniform([0.1, -0.6, -0.2], [0.5, 0.0, 0.3], size=(2000, 3))
+    cube = np.clip(corners, [0.2, -0.5, -0.1], [0.4, -0.1, 0.2])  # points on and in a box
+    direction = rng.normal(size=(2000, 3))
+    sphere = -0.3 + 0.25 * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    surfaces = np.stack([cube, sphere]).astype(np.float32)
+    points, distances = far_queries(surfaces, 500, 0.05, np.random.default_rng(1))
+    assert points.shape == (2, 500, 3) and distances.shape == (2, 500)
+    assert (np.abs(points) <= 1.0).all() and len(np.unique(points[0], axis=0)) == 500
+    for surface, pts, dist in zip(surfaces, points, distances):
+        low, high = surface.min(0) - 0.05, surface.max(0) + 0.05
+        assert (((pts < low) | (pts > high)).any(1)).all()  # none inside the grown box
+        assert (dist >= 0.05 - 1e-6).all()
+    lo, hi = surfaces[0].min(0), surfaces[0].max(0)
+    exact_box = np.linalg.norm(np.maximum(np.maximum(lo - points[0], points[0] - hi), 0.0), axis=1)
+    np.testing.assert_allclose(distances[0], exact_box, atol=1e-6)
+    true_sphere = np.linalg.norm(points[1] + 0.3, axis=1) - 0.25
+    assert (distances[1] <= true_sphere + 1e-5).all() and (distances[1] < true_sphere - 0.01).any()
+    # a box that fills the scene leaves no room: a clear error, not a silent empty batch
+    with pytest.raises(ValueError, match="fills the scene box"):
+        far_queries(np.array([[[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]], np.float32), 8, 0.05, rng)
+
+
+def test_far_points_need_labels_that_are_right(spec_file):
+    with pytest.raises(ValueError, match="must be at least sdf_offset"):
+        vae_config(spec_file, far_points=16, far_margin=0.03)  # l1 at truncation 0.05
+    with pytest.raises(ValueError, match="must exceed sdf_offset"):
+        vae_config(spec_file, loss="bce", sdf_offset=0.06, far_points=16, far_margin=0.05)
+    assert vae_config(spec_file, loss="bce", far_points=16, far_margin=0.03).far_points == 16
+    phase_two = load_train_config("embedded-v2-vae-far")
+    assert (phase_two.far_points, phase_two.max_steps, phase_two.loss) == (1024, 10000, "bce")
+    assert phase_two.around_points == 1024  # the rest is embedded-v2-vae's: the run resumes its cache
+
+
+def test_far_points_join_the_batch_and_leave_the_sign_accuracy_on_cached_queries(data_root, spec_file, tmp_path):
+    task, config = _task("vae", data_root, spec_file, tmp_path, loss="bce", sdf_offset=0.008, far_points=64)
+    batch = task.batch(0, 0, 1, torch.device("cpu"))
+    assert batch["queries"].shape[1] == config.query_points + 64 and batch["far_count"] == 64
+    assert (batch["sdf"][:, -64:] > 0.05 - 1e-6).all()
+    again = task.batch(0, 0, 1, torch.device("cpu"))  # drawn from (seed, step, rank): resumable
+    assert torch.equal(batch["queries"], again["queries"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        _, logs = task.module(batch)
+    torch.manual_seed(0)
+    cached = {**batch, "queries": batch["queries"][:, :-64], "sdf": batch["sdf"][:, :-64], "far_count": 0}
+    with torch.no_grad():
+        _, logs_cached = task.module(cached)
+    assert logs["sign_acc"] == logs_cached["sign_acc"]

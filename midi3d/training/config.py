@@ -102,6 +102,20 @@ class VAETrainConfig(TrainConfig):
     latent_noise: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0  # > 0: decode latent + N(0, σ²): a
                                                                               # decoder robust to generated latents
     freeze_encoder: bool = False        # decoder-only fine-tuning (the latent space stays valid)
+    far_points: NonNegativeInt = 0      # per object per step, drawn afresh: uniform in the scene box,
+                                        # outside the object's box grown by far_margin (labelled outside)
+    far_margin: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 0.05
+
+    @model_validator(mode="after")
+    def _far_labels_exact(self):
+        # a far point's label is its distance to the object's box, a lower bound of its SDF: exact
+        # for the sign (BCE) and, for L1, where the margin reaches past the truncation band
+        if self.far_points and self.loss == "l1" and self.far_margin < self.sdf_offset + self.sdf_truncation:
+            raise ValueError(f"far_margin {self.far_margin} must be at least sdf_offset + sdf_truncation "
+                             f"({self.sdf_offset + self.sdf_truncation:g}) with loss l1: the far labels would be wrong")
+        if self.far_points and self.far_margin <= self.sdf_offset:
+            raise ValueError(f"far_margin {self.far_margin} must exceed sdf_offset {self.sdf_offset}")
+        return self
 
 
 class LoRASettings(_Strict):
