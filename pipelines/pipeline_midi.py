@@ -22,7 +22,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from ..geometry.extraction import FALLBACK_METADATA, GridResult, dense_grids, extract_meshes
+from ..geometry.extraction import DEFAULT_BOX, FALLBACK_METADATA, GridResult, dense_grids, extract_meshes
 from ..geometry.postprocess import PostprocessConfig, postprocess_mesh
 from ..io.files import write_folder_atomic
 from ..io.labelmap import DEFAULT_MAX_INSTANCES
@@ -429,6 +429,20 @@ class MIDIPipeline(DiffusionPipeline):
         sdfs = self.vae.sdf_functions(latents)
         return list(dense_grids(sdfs, resolution=2**octree_depth, progressive=progressive))
 
+    def instance_bounds(self, latents: torch.Tensor, resolution: int) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """Object-frame VAEs: the box each instance is meshed in (its latent's box grown by the
+        VAE's margin and two cells, so the field closes inside it; within the scene box), so
+        ``resolution`` counts cells across the object. ``None`` for scene-frame VAEs (the
+        official model): the scene box."""
+        if not self.vae.config.get("object_frame"):
+            return None
+        boxes = self.vae.latent_box(latents).cpu().numpy()
+        half = (1.0 + self.vae.config.object_margin) * boxes[:, 3:]
+        half = half * resolution / max(resolution - 4, 1)  # two cells on each side
+        low = np.clip(boxes[:, :3] - half, DEFAULT_BOX[0], DEFAULT_BOX[1] - 1e-3)
+        high = np.clip(boxes[:, :3] + half, low + 1e-3, DEFAULT_BOX[1])
+        return list(zip(low, high))
+
     @torch.no_grad()
     def extract(self, latents: torch.Tensor, options: ExtractionOptions | None = None,
                 postprocess: PostprocessConfig | None = None) -> tuple[list[trimesh.Trimesh | None], int]:
@@ -442,7 +456,8 @@ class MIDIPipeline(DiffusionPipeline):
             meshes, stats = extract_meshes(sdfs, options.method, resolved.resolution, options.smooth,
                                            options.progressive, options.vertex_mapping, coarse_resolution,
                                            on_instance_done=lambda _: bar.update(),
-                                           fallback_levels=resolved.fallback_levels)
+                                           fallback_levels=resolved.fallback_levels,
+                                           instance_bounds=self.instance_bounds(latents, resolved.resolution))
         if postprocess is not None:  # keeps each mesh's metadata (the fallback level among it)
             meshes = [postprocess_mesh(m, postprocess) if m is not None else None for m in meshes]
         return meshes, stats.num_queries

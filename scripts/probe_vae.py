@@ -8,7 +8,9 @@ from a seed no training cache uses) plus N/2 uniform in the scene box and N/2 un
 object's box grown by 0.1 (the embedded VAE's training mixture), computes their exact signed
 distance to the object's mesh and reports how often the decoded sign (``value <= 0`` = inside)
 matches the true surface's: on the whole mixture, on the near-surface queries alone, and on the
-queries within 0.01 of the surface. ``--sign-offset D`` scores against the surface dilated by D
+queries within 0.01 of the surface; and, on N more queries uniform in the scene box outside the
+object's box grown by 0.05 (``far_0.05``), how often the decoder says "outside": what is left
+there meshes as floaters. ``--sign-offset D`` scores against the surface dilated by D
 instead (a VAE trained with ``sdf_offset: D`` learns that surface).
 
     python scripts/probe_vae.py PIPELINE --data DATASET_ROOT [--objects 24] [--resolution 64]
@@ -33,8 +35,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="Dataset root (3D-Front/MIDI layout).")
     parser.add_argument("--objects", type=int, default=24)
     parser.add_argument("--resolution", type=int, default=64)
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.0, 0.3],
-                        help="Latent noise, as a fraction of the latents' spread.")
+    parser.add_argument("--noise", type=float, nargs="*", default=[0.0, 0.3],
+                        help="Latent noise, as a fraction of the latents' spread (none given: no meshes, only the sign accuracy).")
     parser.add_argument("--iso-shift", type=float, default=0.0,
                         help="Added to the decoded field before meshing (> 0 shrinks the shapes).")
     parser.add_argument("--sign-queries", type=int, default=0,
@@ -54,6 +56,7 @@ def main() -> None:
     from midi3d.pipelines import MIDIPipeline
     from midi3d.pipelines.pipeline_midi import ExtractionOptions
     from midi3d.training.sdf import query_points, signed_distance
+    from midi3d.training.vae import far_queries
 
     pipe = MIDIPipeline.from_pretrained(args.pipeline)
     pipe.set_progress_bar_config(disable=True)
@@ -73,8 +76,9 @@ def main() -> None:
               f"{report['posterior_std_over_spread']:.3f}, iso shift {args.iso_shift:+g}")
         if args.sign_queries:
             sign_rng = np.random.default_rng(12345)
+            far_rng = np.random.default_rng(54321)  # its own stream: the other queries stay as before
             near = args.sign_queries
-            right_all, right_near, right_close = [], [], []
+            right_all, right_near, right_close, right_far = [], [], [], []
             for index, ((room, name), points) in enumerate(zip(objects, truth)):
                 mesh = trimesh.load(args.data / SCENE / room / f"{name}.glb", force="mesh")
                 queries = query_points(points, sign_rng, near, near // 2, around=near // 2, margin=0.1)
@@ -85,9 +89,13 @@ def main() -> None:
                 right_all.append(right)
                 right_near.append(right[:near])
                 right_close.append(right[np.abs(sdf) < 0.01])  # within about half a 128³ voxel
+                far, _ = far_queries(points[None], near, 0.05, far_rng)  # the empty room: floaters
+                far_values = pipe.vae.decode(posterior.mean[index : index + 1], torch.from_numpy(far)).sample
+                right_far.append(far_values[0, :, 0].numpy() + args.iso_shift > 0)
             report["sign_accuracy"] = {"mixture": float(np.concatenate(right_all).mean()),
                                        "near_surface": float(np.concatenate(right_near).mean()),
-                                       "within_0.01": float(np.concatenate(right_close).mean())}
+                                       "within_0.01": float(np.concatenate(right_close).mean()),
+                                       "far_0.05": float(np.concatenate(right_far).mean())}
             scores = ", ".join(f"{key} {value:.4f}" for key, value in report["sign_accuracy"].items())
             print(f"  held-out sign accuracy (surface dilated by {args.sign_offset:g}): {scores}")
         options = ExtractionOptions(method=args.method, resolution=args.resolution)

@@ -339,11 +339,24 @@ def blockwise_marching_cubes(hgrid: HierarchicalGrid, block: int = 16) -> tuple[
     return verts[first], faces
 
 
-def extract_hierarchical(sdf: SDFFunction, bbox: tuple[float, float] = DEFAULT_BOX, resolution: int = 256,
+Bounds = tuple  # (low, high): two floats (a cube) or two xyz triples (a box)
+
+
+def _corners(bbox: Bounds) -> tuple[np.ndarray, np.ndarray]:
+    """``(low xyz, high xyz)`` float32 of a cube ``(lo, hi)`` or a box ``(lo xyz, hi xyz)``."""
+    lo = np.broadcast_to(np.asarray(bbox[0], np.float32), (3,)).copy()
+    hi = np.broadcast_to(np.asarray(bbox[1], np.float32), (3,)).copy()
+    if not (hi > lo).all():
+        raise ValueError(f"extraction bounds {lo.tolist()} .. {hi.tolist()}: empty box")
+    return lo, hi
+
+
+def extract_hierarchical(sdf: SDFFunction, bbox: Bounds = DEFAULT_BOX, resolution: int = 256,
                          coarse_resolution: int = 32, mapping: str = "official", dilate_last: bool = False,
                          ) -> tuple[trimesh.Trimesh | None, ExtractionStats]:
-    """Hierarchical extraction over the cube ``[bbox[0], bbox[1]]^3`` at ``resolution`` cells."""
-    lo, hi = np.full(3, bbox[0], np.float32), np.full(3, bbox[1], np.float32)
+    """Hierarchical extraction over the cube ``[bbox[0], bbox[1]]^3`` (or the box of two xyz
+    corners) at ``resolution`` cells per axis."""
+    lo, hi = _corners(bbox)
     hgrid, stats = hierarchical_grid(sdf, lo, hi, resolution, coarse_resolution, dilate_last=dilate_last)
     result = blockwise_marching_cubes(hgrid)
     if result is None:
@@ -352,10 +365,10 @@ def extract_hierarchical(sdf: SDFFunction, bbox: tuple[float, float] = DEFAULT_B
     return trimesh.Trimesh(vertices_to_world(verts, hgrid.grid, mapping), faces, process=False), stats
 
 
-def extract_dense(sdf: SDFFunction, bbox: tuple[float, float] = DEFAULT_BOX, resolution: int = 256,
+def extract_dense(sdf: SDFFunction, bbox: Bounds = DEFAULT_BOX, resolution: int = 256,
                   smooth: bool = False, mapping: str = "official") -> tuple[trimesh.Trimesh | None, ExtractionStats]:
-    """Single-pass dense extraction over the cube (no progressive crop)."""
-    grid = dense_grid(sdf, np.full(3, bbox[0]), np.full(3, bbox[1]), resolution)
+    """Single-pass dense extraction over the cube or box (no progressive crop)."""
+    grid = dense_grid(sdf, *_corners(bbox), resolution)
     return mesh_from_grid(grid, smooth, mapping), ExtractionStats(num_queries=grid.num_queries)
 
 
@@ -381,8 +394,13 @@ def extract_meshes(sdfs: Sequence[SDFFunction], method: str = "hierarchical", re
                    coarse_resolution: int = 32, bbox: tuple[float, float] = DEFAULT_BOX,
                    on_instance_done: Callable[[int], None] | None = None,
                    fallback_levels: Sequence[float] = (),
+                   instance_bounds: Sequence[Bounds] | None = None,
                    ) -> tuple[list[trimesh.Trimesh | None], ExtractionStats]:
     """Meshes for several instances; ``None`` where an instance has no zero crossing.
+
+    ``instance_bounds``: one box per instance (two xyz corners) to mesh it in, at ``resolution``
+    cells per axis of that box, instead of the shared ``bbox`` (object-frame VAEs know where each
+    object lies; dense extraction then makes one pass, the box being already tight).
 
     ``fallback_levels``: for an instance with no zero crossing, mesh the first of these iso-levels
     (in the field's units, increasing: ever more dilated surfaces) that has one, and record it in
@@ -393,6 +411,30 @@ def extract_meshes(sdfs: Sequence[SDFFunction], method: str = "hierarchical", re
     fallback_levels = check_fallback_levels(fallback_levels)
     stats = ExtractionStats()
     meshes: list[trimesh.Trimesh | None] = []
+    if instance_bounds is not None:
+        if len(instance_bounds) != len(sdfs):
+            raise ValueError(f"instance_bounds: {len(instance_bounds)} boxes for {len(sdfs)} instances")
+        if method not in ("dense", "hierarchical"):
+            raise ValueError(f"unknown extraction method {method!r} (dense or hierarchical)")
+        if smooth and method == "hierarchical":
+            raise ValueError("smoothing is a dense-grid filter; use --extract dense or mesh post-processing")
+        for index, (sdf, bounds) in enumerate(zip(sdfs, instance_bounds)):
+            one_mesh, one = (extract_dense(sdf, bounds, resolution, smooth, mapping) if method == "dense" else
+                             extract_hierarchical(sdf, bounds, resolution, coarse_resolution, mapping))
+            for level in fallback_levels if one_mesh is None else ():
+                level_set = _level_set(sdf, level)
+                one_mesh, extra = (extract_dense(level_set, bounds, resolution, smooth, mapping) if method == "dense"
+                                   else extract_hierarchical(level_set, bounds, resolution, coarse_resolution, mapping))
+                one.num_queries += extra.num_queries
+                if one_mesh is not None:
+                    one_mesh.metadata[FALLBACK_METADATA] = level
+                    stats.fallback_levels[index] = level
+                    break
+            meshes.append(one_mesh)
+            stats.num_queries += one.num_queries
+            if on_instance_done is not None:
+                on_instance_done(index)
+        return meshes, stats
     if method == "dense":
         for index, grid in enumerate(dense_grids(sdfs, resolution, progressive, bbox)):
             meshes.append(mesh_from_grid(grid, smooth, mapping))

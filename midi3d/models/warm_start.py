@@ -76,6 +76,8 @@ def widen_latent_channels(target, donor) -> WarmStartReport:
     and the transformer's ``proj_out`` keeps the donor's rows for the old channels. The extra
     channels start unused; training decides what they carry.
     """
+    if donor.vae.config.get("object_frame") or target.vae.config.get("object_frame"):
+        raise ValueError("widening is for scene-frame VAEs: an object-frame latent's last channels are its box")
     old = donor.vae.config.latent_channels
     new = target.vae.config.latent_channels
     if new < old:

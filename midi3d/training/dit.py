@@ -67,9 +67,10 @@ def rescale_latent_space(vae, scale: float) -> None:
 
     The encoder's mean rows are divided by ``scale`` (log-variance shifted by ``-2 ln scale``) and
     the decoder's ``post_quant`` weight multiplied by it: decoded shapes do not change, the files
-    keep the official layout, and the diffusion model sees latents of about unit spread.
+    keep the official layout, and the diffusion model sees latents of about unit spread. Only the
+    shape channels are rescaled (the box channels of an object-frame VAE are not the encoder's).
     """
-    channels = vae.config.latent_channels
+    channels = vae.shape_channels  # an object-frame VAE's box channels keep their box_scale
     vae.quant.weight[:channels] /= scale
     vae.quant.bias[:channels] /= scale
     vae.quant.bias[channels:] -= 2.0 * float(np.log(scale))

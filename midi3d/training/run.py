@@ -29,7 +29,7 @@ def base_pipeline(config: TrainConfig, init: Path | None, allow_pickle: bool = F
     import torch
 
     with torch.no_grad():
-        pipe.vae.quant.bias[pipe.vae.config.latent_channels :] = -6.0
+        pipe.vae.quant.bias[pipe.vae.shape_channels :] = -6.0
     return pipe
 
 
@@ -94,9 +94,12 @@ def run_training(config: TrainConfig, data: Path, out: Path, init: Path | None =
         if config.normalise_latents:
             from .dit import rescale_latent_space
 
-            scale = float(latents[0].std())
+            shape = pipe.vae.shape_channels  # (an object-frame VAE's box channels are not rescaled)
+            scale = float(latents[0][..., :shape].std())
             rescale_latent_space(pipe.vae, scale)
-            latents = (latents[0] / scale, latents[1] / scale)
+            factor = torch.ones(latents[0].shape[-1])
+            factor[:shape] = 1.0 / scale
+            latents = (latents[0] * factor, latents[1] * factor)
             if accelerator.is_main_process:
                 logger.info("latent space rescaled by 1/%.4f (cached latent means now have std 1)", scale)
         task = DiTTask(pipe, cache, config, latents)

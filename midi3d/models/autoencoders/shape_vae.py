@@ -4,6 +4,9 @@ Encoder: surface points with normals → ``T`` query points picked by farthest p
 sampling → a cross-attention block and self-attention blocks → diagonal Gaussian posterior
 over a latent set ``[B, T, C]``. Decoder: latent set → self-attention stack (computed once
 per latent and cached) → one cross-attention block per query point → signed value.
+
+``object_frame=True`` (embedded models only; the official checkpoint is scene-frame) encodes
+each object in its own box and carries the box in the latent (see ``surface_box``).
 """
 
 from __future__ import annotations
@@ -25,6 +28,28 @@ from ...geometry.sampling import farthest_point_sampling
 from ..attention import MIDIAttnProcessor
 
 DEFAULT_DECODE_CHUNK = 50_000
+BOX_CHANNELS = 6       # object frame: centre xyz and half-size xyz, the last channels of every token
+MIN_HALF_SIZE = 0.005  # scene units: a flat object still gets a box with volume
+OUTSIDE_VALUE = 1.0    # the object frame's decoded value beyond the grown box ("outside")
+
+
+@dataclass
+class DecoderTokens:
+    """Object-frame decoder tokens: the latent stack ``[B, T, W]`` and the boxes ``[B, 6]``."""
+
+    stack: Tensor
+    box: Tensor
+
+    def __getitem__(self, index) -> DecoderTokens:
+        return DecoderTokens(self.stack[index], self.box[index])
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.stack.shape
+
+    @property
+    def device(self) -> torch.device:
+        return self.stack.device
 
 
 class FrequencyEmbedder(nn.Module):
@@ -123,6 +148,7 @@ class DiagonalGaussian:
 
     mean: Tensor
     logvar: Tensor
+    kl_channels: int | None = None  # the KL covers the first this many channels (None: all)
 
     @property
     def std(self) -> Tensor:
@@ -137,7 +163,8 @@ class DiagonalGaussian:
 
     def kl(self) -> Tensor:
         """KL divergence to N(0, I), averaged over tokens and channels: ``[B]``."""
-        return 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar).mean(dim=(1, 2))
+        mean, logvar = self.mean[..., : self.kl_channels], self.logvar[..., : self.kl_channels]
+        return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean(dim=(1, 2))
 
 
 @dataclass
@@ -170,18 +197,54 @@ class ShapeVAE(ModelMixin, ConfigMixin):
         embedding_type: str = "frequency",
         embed_frequency: int = 8,
         embed_include_pi: bool = False,
+        object_frame: bool = False,
+        object_margin: float = 0.1,
+        box_scale: float = 1.0,
     ):
         super().__init__()
         if embedding_type != "frequency":
             raise ValueError(f"unsupported embedding_type {embedding_type!r} (only 'frequency')")
         if in_channels != 3:
             raise ValueError(f"in_channels must be 3 (xyz), got {in_channels}")
+        shape_channels = latent_channels - BOX_CHANNELS if object_frame else latent_channels
+        if shape_channels < 1:
+            raise ValueError(f"object_frame needs latent_channels > {BOX_CHANNELS} (the box), got {latent_channels}")
         self.embedder = FrequencyEmbedder(embed_frequency, embed_include_pi)
         embed_dim = self.embedder.out_dim
         self.encoder = ShapeEncoder(embed_dim + 3, width_encoder, num_attention_heads, num_layers_encoder)
-        self.quant = nn.Linear(width_encoder, 2 * latent_channels)
-        self.post_quant = nn.Linear(latent_channels, width_decoder)
+        self.quant = nn.Linear(width_encoder, 2 * shape_channels)
+        self.post_quant = nn.Linear(shape_channels, width_decoder)
         self.decoder = ShapeDecoder(embed_dim, width_decoder, num_attention_heads, num_layers_decoder)
+
+    @property
+    def shape_channels(self) -> int:
+        """Latent channels that hold the shape (all of them, unless ``object_frame``)."""
+        return self.config.latent_channels - (BOX_CHANNELS if self.config.object_frame else 0)
+
+    # -- the object frame (``object_frame=True``; not in the official model) -----------------
+    #
+    # Each object is encoded in its own box, scaled per axis to [-1, 1]^3, and the box (centre and
+    # half-size, scene units) is appended to every latent token as its last BOX_CHANNELS channels.
+    # The decoder maps scene queries into that frame and answers "outside" beyond the box grown by
+    # ``object_margin`` (in box units): no floaters far from the object, by construction, and the
+    # decoder's capacity goes to shape rather than to where the object lies in the room.
+
+    @staticmethod
+    def surface_box(surface: Tensor) -> Tensor:
+        """Box of surface samples ``[B, M, 3+]`` as ``[B, 6]``: centre xyz, half-size xyz."""
+        low, high = surface[..., :3].amin(1), surface[..., :3].amax(1)
+        return torch.cat([(low + high) / 2, ((high - low) / 2).clamp_min(MIN_HALF_SIZE)], dim=-1)
+
+    def latent_box(self, latents: Tensor) -> Tensor:
+        """The box ``[B, 6]`` read back from object-frame latents (mean over tokens; the latent
+        holds it times ``box_scale``, a spread the diffusion model can resolve)."""
+        box = latents[..., -BOX_CHANNELS:].float().mean(1) / self.config.box_scale
+        return torch.cat([box[:, :3], box[:, 3:].clamp_min(MIN_HALF_SIZE)], dim=-1)
+
+    @staticmethod
+    def to_box_frame(points: Tensor, box: Tensor) -> Tensor:
+        """Scene points ``[B, P, 3]`` in the frame of boxes ``[B, 6]`` (the box is [-1, 1]^3)."""
+        return (points - box[:, None, :3]) / box[:, None, 3:]
 
     # -- encoding ---------------------------------------------------------------------------
 
@@ -205,28 +268,55 @@ class ShapeVAE(ModelMixin, ConfigMixin):
         """Encode surface samples ``[B, M, 6]`` (xyz + unit normals) into a posterior over ``[B, T, C]``."""
         if surface.ndim != 3 or surface.shape[-1] != 6:
             raise ValueError(f"surface must be [B, M, 6] (xyz + normals), got {tuple(surface.shape)}")
+        box = None
+        if self.config.object_frame:  # normals map with the inverse transpose: scaled by the half-size
+            box = self.surface_box(surface)
+            normals = surface[..., 3:] * box[:, None, 3:]
+            normals = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            surface = torch.cat([self.to_box_frame(surface[..., :3], box), normals], dim=-1)
         indices = self.select_query_points(surface, num_tokens, seed)
         features = torch.cat([self.embedder(surface[..., :3]), surface[..., 3:]], dim=-1)
         query = torch.gather(features, 1, indices[..., None].expand(-1, -1, features.shape[-1]))
         moments = self.quant(self.encoder(query, features))
         mean, logvar = moments.chunk(2, dim=-1)
-        posterior = DiagonalGaussian(mean, logvar.clamp(-30.0, 20.0))
+        logvar = logvar.clamp(-30.0, 20.0)
+        if box is None:
+            posterior = DiagonalGaussian(mean, logvar)
+        else:  # the box is exact (std ~ 3e-7) and outside the KL term
+            box_tokens = (box * self.config.box_scale)[:, None, :].to(mean.dtype).expand(-1, mean.shape[1], -1)
+            posterior = DiagonalGaussian(torch.cat([mean, box_tokens], -1),
+                                         torch.cat([logvar, torch.full_like(box_tokens, -30.0)], -1),
+                                         kl_channels=mean.shape[-1])
         if not return_dict:
             return (posterior,)
         return ShapeVAEEncodeOutput(latent_dist=posterior, query_indices=indices)
 
     # -- decoding ---------------------------------------------------------------------------
 
-    def decode_tokens(self, latents: Tensor) -> Tensor:
-        """The cached decoder tokens ``[B, T, W_dec]`` for latents ``[B, T, C]``."""
-        return self.decoder.latent_stack(self.post_quant(latents))
+    def decode_tokens(self, latents: Tensor) -> Tensor | DecoderTokens:
+        """The cached decoder tokens ``[B, T, W_dec]`` for latents ``[B, T, C]`` (object frame:
+        with the latents' boxes, as :class:`DecoderTokens`)."""
+        if not self.config.object_frame:
+            return self.decoder.latent_stack(self.post_quant(latents))
+        stack = self.decoder.latent_stack(self.post_quant(latents[..., : self.shape_channels]))
+        return DecoderTokens(stack, self.latent_box(latents))
 
-    def query_tokens(self, tokens: Tensor, points: Tensor, chunk_size: int = DEFAULT_DECODE_CHUNK) -> Tensor:
+    def query_tokens(self, tokens: Tensor | DecoderTokens, points: Tensor,
+                     chunk_size: int = DEFAULT_DECODE_CHUNK) -> Tensor:
         """Signed values ``[B, P, 1]`` at ``points`` ``[B, P, 3]`` from cached tokens, in chunks."""
+        box = None
+        if isinstance(tokens, DecoderTokens):
+            tokens, box = tokens.stack, tokens.box.to(points.device)
         outputs = []
         for start in range(0, points.shape[1], chunk_size):
             chunk = points[:, start : start + chunk_size].to(tokens.dtype)
-            outputs.append(self.decoder.query(tokens, self.embedder(chunk)))
+            if box is None:
+                outputs.append(self.decoder.query(tokens, self.embedder(chunk)))
+                continue
+            local = self.to_box_frame(chunk.float(), box).to(tokens.dtype)
+            values = self.decoder.query(tokens, self.embedder(local))
+            beyond = local.abs().amax(-1, keepdim=True) > 1.0 + self.config.object_margin
+            outputs.append(torch.where(beyond, torch.full_like(values, OUTSIDE_VALUE), values))
         return torch.cat(outputs, dim=1)
 
     def decode(
@@ -252,7 +342,7 @@ class ShapeVAE(ModelMixin, ConfigMixin):
         tokens = self.decode_tokens(latents)
 
         def make(index: int) -> Callable[[Tensor], Tensor]:
-            cached = tokens[index : index + 1]
+            cached = tokens[index : index + 1]  # (DecoderTokens slice too)
 
             @torch.no_grad()
             def sdf(points: Tensor) -> Tensor:
