@@ -105,3 +105,29 @@ def test_postprocess_keeps_the_mesh_metadata():
     mesh.metadata["midi3d_fallback_level"] = 0.2
     cleaned = postprocess_mesh(mesh, PostprocessConfig())
     assert cleaned is not mesh and cleaned.metadata["midi3d_fallback_level"] == 0.2
+
+
+@pytest.mark.parametrize("method", ["hierarchical", "dense"])
+def test_instance_bounds_mesh_each_instance_in_its_own_box_at_full_resolution(method):
+    """With one box per instance the grid spans that box (R cells per axis): a small sphere meshed
+    at 16 cells across its own box is far closer to the true radius than at 16 across the scene,
+    and a fallback level still applies inside its box."""
+    small = lambda p: (p - torch.tensor([0.5, -0.4, 0.2])).norm(dim=-1) - 0.08  # noqa: E731
+    faint = lambda p: (p + torch.tensor([0.5, 0.0, 0.0])).norm(dim=-1) + 0.02  # noqa: E731
+    bounds = [(np.array([0.38, -0.52, 0.08]), np.array([0.62, -0.28, 0.32])),
+              (np.array([-0.8, -0.3, -0.3]), np.array([-0.2, 0.3, 0.3]))]
+    meshes, stats = extract_meshes([small, faint], method, resolution=16, coarse_resolution=8,
+                                   instance_bounds=bounds, fallback_levels=(0.1,))
+    scene, _ = extract_meshes([small], method, resolution=16, coarse_resolution=8, progressive=False)
+
+    def radius_error(mesh) -> float:
+        return float(np.abs(np.linalg.norm(mesh.vertices - [0.5, -0.4, 0.2], axis=1) - 0.08).mean())
+
+    assert radius_error(meshes[0]) < 0.01  # cells of 0.015
+    assert scene[0] is None or radius_error(scene[0]) > 0.01  # across the scene (cells of 0.125): missed or coarse
+    assert (meshes[0].bounds[0] >= bounds[0][0]).all() and (meshes[0].bounds[1] <= bounds[0][1]).all()
+    assert stats.fallback_levels == {1: 0.1} and meshes[1].metadata["midi3d_fallback_level"] == 0.1
+    with pytest.raises(ValueError, match="2 boxes for 1 instances"):
+        extract_meshes([small], method, resolution=16, instance_bounds=bounds)
+    with pytest.raises(ValueError, match="empty box"):
+        extract_meshes([small], method, resolution=16, instance_bounds=[(np.zeros(3), np.zeros(3))])
