@@ -422,3 +422,38 @@ def test_far_points_join_the_batch_and_leave_the_sign_accuracy_on_cached_queries
     with torch.no_grad():
         _, logs_cached = task.module(cached)
     assert logs["sign_acc"] == logs_cached["sign_acc"]
+
+
+def test_box_channel_weight_weights_the_flow_loss_of_object_frame_latents(data_root, tmp_path):
+    """The weighted flow loss equals the plain one for equal weights and grows with the box
+    channels' weight on a batch whose box channels are the worst predicted; a scene-frame VAE has
+    no box channels to weight."""
+    from midi3d.models.autoencoders.shape_vae import BOX_CHANNELS
+
+    spec = {**SPEC, "vae": {**SPEC["vae"], "latent_channels": 4 + BOX_CHANNELS, "object_frame": True},
+            "transformer": {**SPEC["transformer"], "in_channels": 4 + BOX_CHANNELS}}
+    object_spec = tmp_path / "object.yaml"
+    object_spec.write_text(yaml.safe_dump(spec))
+    plain, _ = _task("dit", data_root, object_spec, tmp_path, box_loss_weight=0.0)
+    heavy, _ = _task("dit", data_root, object_spec, tmp_path, box_loss_weight=0.0, box_channel_weight=8.0)
+    assert plain.module.channel_weights is None
+    assert heavy.module.channel_weights.tolist() == [1.0] * 4 + [8.0] * BOX_CHANNELS
+    batch = plain.batch(0, 0, 1, torch.device("cpu"))
+    heavy.module.load_state_dict(plain.module.state_dict())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        batch["x0"][..., -BOX_CHANNELS:] += 5.0  # box channels far off: their error dominates
+        base = plain.module(batch)[0].item()
+        weighted = heavy.module(batch)[0].item()
+        heavy.module.channel_weights = torch.ones(4 + BOX_CHANNELS)
+        equal = heavy.module(batch)[0].item()
+    assert weighted > 1.2 * base and equal == pytest.approx(base, rel=1e-6)
+    with pytest.raises(ValueError, match="scene-frame"):
+        _task("dit", data_root, _scene_spec(tmp_path), tmp_path,
+              box_channel_weight=2.0)
+
+
+def _scene_spec(tmp_path: Path) -> Path:
+    path = tmp_path / "scene.yaml"
+    path.write_text(yaml.safe_dump(SPEC))
+    return path

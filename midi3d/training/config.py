@@ -141,6 +141,8 @@ class DiTTrainConfig(TrainConfig):
     box_loss_weight: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.0  # > 0: auxiliary layout loss
                                            # (a training-only head regresses each instance's 3D box)
     layout_tokens: bool = False            # add (or keep training) the layout-token encoder; it trains with LoRA too
+    box_channel_weight: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 1.0  # object-frame VAEs: weight
+                                           # of the latent's box channels in the flow loss (others 1)
 
     @field_validator("mi_layers")
     @classmethod

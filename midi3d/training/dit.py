@@ -106,6 +106,7 @@ class DiTLoss(nn.Module):
         super().__init__()
         self.transformer, self.clip, self.dino = transformer, clip, dino
         self.layout_head, self.box_loss_weight = layout_head, box_loss_weight
+        self.channel_weights: torch.Tensor | None = None  # [C] flow-loss weight per latent channel
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, dict]:
         cond_1 = encode_clip(self.clip, batch["clip_pixels"])
@@ -125,7 +126,12 @@ class DiTLoss(nn.Module):
         velocity = self.transformer(noisy, sigma * 1000, cond_1.to(self.transformer.dtype),
                                     cond_2.to(self.transformer.dtype),
                                     attention_kwargs={"num_instances": batch["counts"]}, layout=layout).sample
-        loss = F.mse_loss(velocity.float(), (x0 - noise).float())
+        errors = (velocity.float() - (x0 - noise).float()).pow(2)
+        if self.channel_weights is None:
+            loss = errors.mean()
+        else:  # normalised so that equal weights give the plain mean
+            weights = self.channel_weights.to(errors.device)
+            loss = (errors * weights).mean() / weights.mean()
         logs["flow"] = loss.detach()
         if box_loss is not None:
             loss = loss + self.box_loss_weight * box_loss
@@ -171,6 +177,12 @@ class DiTTask:
             self.log_columns = [*self.log_columns, "box"]
         self.module = DiTLoss(pipe.transformer, pipe.image_encoder_1, pipe.image_encoder_2, head,
                               config.box_loss_weight)
+        if config.box_channel_weight != 1.0:
+            if not pipe.vae.config.get("object_frame"):
+                raise ValueError("box_channel_weight: the VAE is scene-frame, its latents have no box channels")
+            weights = torch.ones(pipe.vae.config.latent_channels)
+            weights[pipe.vae.shape_channels:] = config.box_channel_weight
+            self.module.channel_weights = weights
         self.counts = [len(cache.scene_instances(s)) for s in range(cache.num_scenes)]
         self.instance_scene = torch.repeat_interleave(torch.arange(cache.num_scenes), torch.tensor(self.counts))
 

@@ -200,6 +200,7 @@ class ShapeVAE(ModelMixin, ConfigMixin):
         object_frame: bool = False,
         object_margin: float = 0.1,
         box_scale: float = 1.0,
+        box_min_half_size: float = MIN_HALF_SIZE,
     ):
         super().__init__()
         if embedding_type != "frequency":
@@ -239,7 +240,9 @@ class ShapeVAE(ModelMixin, ConfigMixin):
         """The box ``[B, 6]`` read back from object-frame latents (mean over tokens; the latent
         holds it times ``box_scale``, a spread the diffusion model can resolve)."""
         box = latents[..., -BOX_CHANNELS:].float().mean(1) / self.config.box_scale
-        return torch.cat([box[:, :3], box[:, 3:].clamp_min(MIN_HALF_SIZE)], dim=-1)
+        # a generated half-size below the smallest the model was trained on (or negative) is
+        # read as that smallest one: a small object rather than none
+        return torch.cat([box[:, :3], box[:, 3:].clamp_min(self.config.box_min_half_size)], dim=-1)
 
     @staticmethod
     def to_box_frame(points: Tensor, box: Tensor) -> Tensor:
