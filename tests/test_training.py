@@ -206,7 +206,7 @@ V2_SETTINGS = ("--set", "loss=bce", "--set", "sdf_offset=0.008", "--set", "aroun
                "--set", "around_margin=0.1")  # what configs/train/embedded-v2-vae.yaml changes
 
 
-@pytest.mark.parametrize("recipe", ["v1", "v2", "v2-from-widened-v1", "v2-far"])
+@pytest.mark.parametrize("recipe", ["v1", "v2", "v2-from-widened-v1", "v2-far", "v2-object"])
 def test_a_killed_run_resumes_from_its_last_checkpoint(recipe, data_root, spec_file, tmp_path):
     """SIGKILL mid-run, rerun: no step lost or logged twice, and the losses after the kill are those
     of an uninterrupted run (v2: the embedded model v2's VAE settings; v2-from-widened-v1: the same,
@@ -215,6 +215,11 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(recipe, data_root, spec_f
     extra = V2_SETTINGS if recipe.startswith("v2") else ()
     if recipe == "v2-far":  # phase 2 (embedded-v2-vae-far): fresh far points drawn every step
         extra = (*extra, "--set", "far_points=64", "--set", "far_margin=0.05")
+    if recipe == "v2-object":  # embedded-v2-object-vae: an object-frame VAE (the box in the latent)
+        object_spec = tmp_path / "object.yaml"
+        object_spec.write_text(yaml.safe_dump({**SPEC, "vae": {**SPEC["vae"], "latent_channels": 10, "object_frame": True},
+                                               "transformer": {**SPEC["transformer"], "in_channels": 10}}))
+        extra = (*extra, "--set", f"model={object_spec}")
     if recipe == "v2-from-widened-v1":
         from midi3d.models.factory import PipelineSpec, build_pipeline
         from midi3d.models.warm_start import widened_pipeline
@@ -242,6 +247,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(recipe, data_root, spec_f
     assert steps == list(range(1, killed_at + 5))  # no step lost, none logged twice
     assert (out / "final" / "pipeline" / "model_index.json").is_file()
     assert not list(out.rglob("*.tmp"))
+    if recipe == "v2-object":
+        saved = json.loads((out / "final" / "pipeline" / "vae" / "config.json").read_text())
+        assert saved["object_frame"] and saved["latent_channels"] == 10
     if recipe == "v2-from-widened-v1":  # trained from the widened folder, not from the spec
         saved = json.loads((out / "final" / "pipeline" / "vae" / "config.json").read_text())
         assert saved["latent_channels"] == 2 * SPEC["vae"]["latent_channels"]
