@@ -225,7 +225,8 @@ class ShapeVAE(ModelMixin, ConfigMixin):
     # -- the object frame (``object_frame=True``; not in the official model) -----------------
     #
     # Each object is encoded in its own box, scaled per axis to [-1, 1]^3, and the box (centre and
-    # half-size, scene units) is appended to every latent token as its last BOX_CHANNELS channels.
+    # half-size in scene units, times ``box_scale``) is appended to every latent token as its last
+    # BOX_CHANNELS channels.
     # The decoder maps scene queries into that frame and answers "outside" beyond the box grown by
     # ``object_margin`` (in box units): no floaters far from the object, by construction, and the
     # decoder's capacity goes to shape rather than to where the object lies in the room.
