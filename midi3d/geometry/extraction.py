@@ -391,7 +391,7 @@ def _level_set(sdf: SDFFunction, level: float) -> SDFFunction:
 
 def extract_meshes(sdfs: Sequence[SDFFunction], method: str = "hierarchical", resolution: int = 256,
                    smooth: bool = False, progressive: bool = True, mapping: str = "official",
-                   coarse_resolution: int = 32, bbox: tuple[float, float] = DEFAULT_BOX,
+                   coarse_resolution: int = 32, bbox: Bounds = DEFAULT_BOX,
                    on_instance_done: Callable[[int], None] | None = None,
                    fallback_levels: Sequence[float] = (),
                    instance_bounds: Sequence[Bounds] | None = None,
@@ -409,32 +409,44 @@ def extract_meshes(sdfs: Sequence[SDFFunction], method: str = "hierarchical", re
     advance a progress bar).
     """
     fallback_levels = check_fallback_levels(fallback_levels)
+    if method not in ("dense", "hierarchical"):
+        raise ValueError(f"unknown extraction method {method!r} (dense or hierarchical)")
+    if smooth and method == "hierarchical":
+        raise ValueError("smoothing is a dense-grid filter; use --extract dense or mesh post-processing")
+    if instance_bounds is not None and len(instance_bounds) != len(sdfs):
+        raise ValueError(f"instance_bounds: {len(instance_bounds)} boxes for {len(sdfs)} instances")
+
+    def bounds_of(index: int) -> Bounds:
+        return bbox if instance_bounds is None else instance_bounds[index]
+
+    def extract_one(field: SDFFunction, bounds: Bounds) -> tuple[trimesh.Trimesh | None, ExtractionStats]:
+        if method == "dense":
+            return extract_dense(field, bounds, resolution, smooth, mapping)
+        return extract_hierarchical(field, bounds, resolution, coarse_resolution, mapping)
+
     stats = ExtractionStats()
     meshes: list[trimesh.Trimesh | None] = []
-    if instance_bounds is not None:
-        if len(instance_bounds) != len(sdfs):
-            raise ValueError(f"instance_bounds: {len(instance_bounds)} boxes for {len(sdfs)} instances")
-        if method not in ("dense", "hierarchical"):
-            raise ValueError(f"unknown extraction method {method!r} (dense or hierarchical)")
-        if smooth and method == "hierarchical":
-            raise ValueError("smoothing is a dense-grid filter; use --extract dense or mesh post-processing")
-        for index, (sdf, bounds) in enumerate(zip(sdfs, instance_bounds)):
-            one_mesh, one = (extract_dense(sdf, bounds, resolution, smooth, mapping) if method == "dense" else
-                             extract_hierarchical(sdf, bounds, resolution, coarse_resolution, mapping))
-            for level in fallback_levels if one_mesh is None else ():
-                level_set = _level_set(sdf, level)
-                one_mesh, extra = (extract_dense(level_set, bounds, resolution, smooth, mapping) if method == "dense"
-                                   else extract_hierarchical(level_set, bounds, resolution, coarse_resolution, mapping))
-                one.num_queries += extra.num_queries
-                if one_mesh is not None:
-                    one_mesh.metadata[FALLBACK_METADATA] = level
-                    stats.fallback_levels[index] = level
-                    break
-            meshes.append(one_mesh)
+    if method == "dense" and instance_bounds is None:  # the official decode, with its two-pass crop
+        grids = dense_grids(sdfs, resolution, progressive, bbox)
+        passes = ((mesh_from_grid(grid, smooth, mapping), ExtractionStats(num_queries=grid.num_queries))
+                  for grid in grids)
+    else:
+        passes = (extract_one(sdf, bounds_of(index)) for index, sdf in enumerate(sdfs))
+    for index, (mesh, one) in enumerate(passes):
+        meshes.append(mesh)
+        stats.num_queries += one.num_queries
+        if on_instance_done is not None:
+            on_instance_done(index)
+    for index, sdf in enumerate(sdfs):
+        for level in fallback_levels if meshes[index] is None else ():
+            mesh, one = extract_one(_level_set(sdf, level), bounds_of(index))
             stats.num_queries += one.num_queries
-            if on_instance_done is not None:
-                on_instance_done(index)
-        return meshes, stats
+            if mesh is not None:
+                mesh.metadata[FALLBACK_METADATA] = level
+                meshes[index] = mesh
+                stats.fallback_levels[index] = level
+                break
+    return meshes, stats
     if method == "dense":
         for index, grid in enumerate(dense_grids(sdfs, resolution, progressive, bbox)):
             meshes.append(mesh_from_grid(grid, smooth, mapping))

@@ -44,10 +44,6 @@ class DecoderTokens:
         return DecoderTokens(self.stack[index], self.box[index])
 
     @property
-    def shape(self) -> torch.Size:
-        return self.stack.shape
-
-    @property
     def device(self) -> torch.device:
         return self.stack.device
 
