@@ -26,7 +26,7 @@ from ..geometry.extraction import DEFAULT_BOX, FALLBACK_METADATA, GridResult, de
 from ..geometry.postprocess import PostprocessConfig, postprocess_mesh
 from ..io.files import write_folder_atomic
 from ..io.labelmap import DEFAULT_MAX_INSTANCES
-from ..models.autoencoders.shape_vae import ShapeVAE
+from ..models.autoencoders.shape_vae import BOX_CHANNELS, ShapeVAE
 from ..models.checkpoint import (
     CheckpointError,
     load_weights_strict,
@@ -40,6 +40,7 @@ from ..control.schedule import ControlPlan
 from ..models.image_encoders import (build_image_processor, dino_channels, encode_clip, encode_dino, normalised_pixels,
                                      patch_regions, resized_instances, resized_scenes)
 from ..models.layer_spec import LayerSpec, is_default, parse_layer_list
+from ..models.layout_model import InstanceLayoutModel
 from ..models.layout_tokens import mask_boxes
 from ..models.transformers.midi_transformer import LAYOUT_TOKENS_KEY, MIDITransformer
 from ..schedulers.rectified_flow import RectifiedFlowScheduler
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 COMPONENTS = ("transformer", "vae", "scheduler", "image_encoder_1", "image_encoder_2",
               "feature_extractor_1", "feature_extractor_2")
+OPTIONAL_COMPONENTS = ("layout_model",)  # not in the official release; loaded when the folder has it
 
 
 @dataclass
@@ -107,14 +109,36 @@ class MIDIPipelineOutput(BaseOutput):
         return {i: m for i, m in zip(self.instance_ids, self.meshes or []) if m is not None and len(m.faces)}
 
 
+@dataclass
+class BoxHold:
+    """Holds the box channels of object-frame latents on known boxes while sampling: at noise
+    level ``sigma`` they are the forward-noised box ``(1 - sigma) * box + sigma * noise``, with the
+    noise the starting latents' own, so the transformer denoises the shape for that box."""
+
+    target: torch.Tensor  # [B, T, 6] the boxes in latent units, on every token
+    noise: torch.Tensor  # [B, T, 6] the box channels of the starting noise
+
+    @classmethod
+    def start(cls, latents: torch.Tensor, boxes: torch.Tensor) -> BoxHold:
+        target = boxes.to(latents.device, torch.float32)[:, None, :].expand(-1, latents.shape[1], -1)
+        return cls(target, latents[..., -BOX_CHANNELS:].float().clone())
+
+    def apply(self, latents: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = sigma.to(latents.device, torch.float32)
+        held = (1.0 - sigma) * self.target + sigma * self.noise
+        return torch.cat([latents[..., :-BOX_CHANNELS], held.to(latents.dtype)], dim=-1)
+
+
 # -- component loading -------------------------------------------------------------------------
 
 
 def _load_diffusers_model(cls):
     def load(folder: Path, dtype: torch.dtype, allow_pickle: bool):
         config = read_json(folder / "config.json")
+        may_be_zero = getattr(cls, "config_may_be_zero", ())  # rates, not sizes
         bad = [k for k, v in config.items()
-               if not k.startswith("_") and isinstance(v, (int, float)) and not isinstance(v, bool) and v <= 0]
+               if not k.startswith("_") and isinstance(v, (int, float)) and not isinstance(v, bool)
+               and (v < 0 if k in may_be_zero else v <= 0)]
         if bad:
             raise CheckpointError(f"{folder / 'config.json'}: invalid {cls.__name__} config ({bad[0]} = {config[bad[0]]}: "
                                   "sizes must be positive)")
@@ -200,6 +224,7 @@ COMPONENT_LOADERS: dict[str, Callable] = {
     "MIDITransformer": _load_diffusers_model(MIDITransformer),
     "TripoSGVAEModel": _load_diffusers_model(ShapeVAE),
     "ShapeVAE": _load_diffusers_model(ShapeVAE),
+    "InstanceLayoutModel": _load_diffusers_model(InstanceLayoutModel),
     "RectifiedFlowScheduler": _load_scheduler,
     "CLIPVisionModelWithProjection": _load_transformers_model("CLIPVisionModelWithProjection"),
     "Dinov2Model": _load_transformers_model("Dinov2Model"),
@@ -226,11 +251,13 @@ class MIDIPipeline(DiffusionPipeline):
     _callback_tensor_inputs = ["latents", "model_input", "model_output"]
 
     def __init__(self, transformer: MIDITransformer, vae: ShapeVAE, scheduler: RectifiedFlowScheduler,
-                 image_encoder_1, image_encoder_2, feature_extractor_1, feature_extractor_2):
+                 image_encoder_1, image_encoder_2, feature_extractor_1, feature_extractor_2,
+                 layout_model: InstanceLayoutModel | None = None):
         super().__init__()
         self.register_modules(transformer=transformer, vae=vae, scheduler=scheduler,
                               image_encoder_1=image_encoder_1, image_encoder_2=image_encoder_2,
-                              feature_extractor_1=feature_extractor_1, feature_extractor_2=feature_extractor_2)
+                              feature_extractor_1=feature_extractor_1, feature_extractor_2=feature_extractor_2,
+                              layout_model=layout_model)
         self.sampling_defaults: SamplingDefaults = OFFICIAL_DEFAULTS
         self.default_mi_layers: tuple[int, ...] | None = None  # the folder's; None = the released rule
         self.control_defaults: ControlConfig | None = None  # the folder's instance control, if it records one
@@ -273,6 +300,9 @@ class MIDIPipeline(DiffusionPipeline):
             raise CheckpointError(str(err)) from None
         components = {name: cls._load_component(folder, index, name, torch_dtype, allow_pickle)
                       for name in COMPONENTS}
+        for name in OPTIONAL_COMPONENTS:
+            if index.get(name) is not None:
+                components[name] = cls._load_component(folder, index, name, torch_dtype, allow_pickle)
         pipe = cls(**components)
         pipe.sampling_defaults = defaults
         if index.get(CONTROL_KEY) is not None:
@@ -316,8 +346,10 @@ class MIDIPipeline(DiffusionPipeline):
                  MI_LAYERS_KEY: list(self.transformer.mi_layers), SAMPLING_KEY: self.sampling_defaults.to_index()}
         if self.control_defaults is not None:
             index[CONTROL_KEY] = self.control_defaults.to_data()
-        for name in ("transformer", "vae"):
-            model = getattr(self, name)
+        for name in ("transformer", "vae", "layout_model"):
+            model = getattr(self, name, None)
+            if model is None:  # an optional component the pipeline does not have
+                continue
             config = {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
             config.update(_class_name=model.official_class_name, _diffusers_version=diffusers.__version__)
             if getattr(model, "has_layout_tokens", False):
@@ -509,6 +541,8 @@ class MIDIPipeline(DiffusionPipeline):
         max_instances: int = DEFAULT_MAX_INSTANCES,
         max_memory_gb: float = DEFAULT_BUDGET_GB,
         control: ControlConfig | dict | str | Path | None = None,
+        instance_boxes: torch.Tensor | np.ndarray | None = None,
+        use_layout_model: bool = True,
     ) -> MIDIPipelineOutput | tuple:
         """Generate one latent set (and mesh) per instance, all instances of a scene jointly.
 
@@ -533,6 +567,12 @@ class MIDIPipeline(DiffusionPipeline):
             control: instance control (:mod:`midi3d.control`: a config, mapping, YAML path or
                 preset name); ``None`` = the folder's ``control_defaults`` (if any), ``"neutral"``
                 = none even then.
+            instance_boxes: object-frame VAEs only: the 3D box ``[I, 6]`` (centre xyz, half-size
+                xyz; scene frame) of each instance, in the order of the output's ``instance_ids``.
+                The sampler holds the latents' box channels on them (their forward-noised value at
+                every step, the box itself at the end), so the shapes are generated for these boxes.
+            use_layout_model: with no ``instance_boxes``, take them from the folder's
+                ``layout_model`` when it has one (``False``: the transformer generates the boxes).
         """
         from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 
@@ -566,7 +606,26 @@ class MIDIPipeline(DiffusionPipeline):
                 plan = ControlPlan.resolve(control, self.transformer.config.num_layers, self.transformer.mi_layers)
             return self._sample(inputs, counts, settings, generator, latents, num_latent_tokens, output_type,
                                 extraction, postprocess, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                return_dict, seed, pad, plan)
+                                return_dict, seed, pad, plan, instance_boxes, use_layout_model)
+
+    def held_boxes(self, instance_boxes, use_layout_model: bool, masks: torch.Tensor, counts: list[int]
+                   ) -> tuple[torch.Tensor | None, str]:
+        """The boxes ``[I, 6]`` the sampler holds the latents on, and where they come from
+        (``"given"``, ``"layout_model"``; ``"generated"`` with ``None``: the transformer's own)."""
+        object_frame = bool(self.vae.config.get("object_frame"))
+        if instance_boxes is not None:
+            if not object_frame:
+                raise ValueError("instance_boxes: this pipeline's VAE is scene-frame; its latents hold no box")
+            boxes = torch.as_tensor(np.asarray(instance_boxes, dtype=np.float32))
+            if boxes.shape != (len(masks), 6):
+                raise ValueError(f"instance_boxes must be [{len(masks)}, 6] (centre, half-size per instance), "
+                                 f"got {tuple(boxes.shape)}")
+            if not torch.isfinite(boxes).all() or (boxes[:, 3:] <= 0).any():
+                raise ValueError("instance_boxes: half-sizes must be positive and every value finite")
+            return boxes, "given"
+        if use_layout_model and object_frame and self.layout_model is not None:
+            return self.layout_model(masks.to(self.layout_model.device), counts).float().cpu(), "layout_model"
+        return None, "generated"
 
     @contextlib.contextmanager
     def _multi_instance_layers_for_call(self, layers: LayerSpec):
@@ -582,7 +641,8 @@ class MIDIPipeline(DiffusionPipeline):
 
     def _sample(self, inputs: InstanceInputs, counts: list[int], settings: SamplingDefaults, generator, latents,
                 num_latent_tokens, output_type, extraction, postprocess, callback_on_step_end,
-                callback_on_step_end_tensor_inputs, return_dict, seed, pad, plan: ControlPlan | None = None):
+                callback_on_step_end_tensor_inputs, return_dict, seed, pad, plan: ControlPlan | None = None,
+                instance_boxes=None, use_layout_model: bool = True):
         """encode → timesteps → noise → denoising loop → meshes, for checked inputs and settings."""
         timings: dict[str, float] = {}
         start = time.perf_counter()
@@ -601,9 +661,14 @@ class MIDIPipeline(DiffusionPipeline):
             layout = mask_boxes(masks).to(cond_2.device)
             layout = torch.cat([torch.zeros_like(layout), layout]) if do_cfg else layout
 
+        boxes, box_source = self.held_boxes(instance_boxes, use_layout_model, masks, counts)
+
         start = time.perf_counter()
         self.scheduler.set_timesteps(settings.steps, device=self._execution_device)
         latents = self.prepare_latents(len(inputs.images), num_latent_tokens, generator, latents)
+        hold = None if boxes is None else BoxHold.start(latents, boxes * self.vae.config.box_scale)
+        if hold is not None:
+            latents = hold.apply(latents, self.scheduler.sigmas[0])
         attention_kwargs = {"num_instances": counts[0] if len(set(counts)) == 1 else counts}
         timesteps = self.scheduler.timesteps
         for step, t in enumerate(self.progress_bar(timesteps)):
@@ -617,6 +682,8 @@ class MIDIPipeline(DiffusionPipeline):
                 uncond, cond = model_output.chunk(2)
                 velocity = uncond + settings.guidance * (cond - uncond)
             latents = self.scheduler.step(velocity, t, latents).prev_sample
+            if hold is not None:
+                latents = hold.apply(latents, self.scheduler.sigmas[step + 1])
             if callback_on_step_end is not None:
                 values = {"latents": latents, "model_input": model_input, "model_output": model_output}
                 returned = callback_on_step_end(self, step, t, {k: values[k] for k in callback_on_step_end_tensor_inputs})
@@ -634,6 +701,6 @@ class MIDIPipeline(DiffusionPipeline):
             return (latents, meshes)
         used = {**settings.as_dict(), "seed": seed, "pad": pad, "mi_layers": list(self.transformer.mi_layers),
                 "extraction": extraction.method, "num_latent_tokens": int(latents.shape[1]),
-                "control": None if plan is None else plan.config.to_data()}
+                "control": None if plan is None else plan.config.to_data(), "boxes": box_source}
         return MIDIPipelineOutput(latents=latents, meshes=meshes, instance_ids=inputs.ids,
                                   num_sdf_queries=queries, timings=timings, settings=used)

@@ -228,9 +228,22 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(recipe, data_root, spec_f
         widened, _ = widened_pipeline(donor, 2 * donor.vae.config.latent_channels)
         widened.save_pretrained(tmp_path / "widened")
         extra = (*extra, "--init", str(tmp_path / "widened"))
+    command = lambda out, steps: _train_command(data_root, out, spec_file, steps, extra)  # noqa: E731
+    out = _assert_a_killed_run_resumes(command, tmp_path, 400)
+    if recipe == "v2-object":
+        saved = json.loads((out / "final" / "pipeline" / "vae" / "config.json").read_text())
+        assert saved["object_frame"] and saved["latent_channels"] == 10
+    if recipe == "v2-from-widened-v1":  # trained from the widened folder, not from the spec
+        saved = json.loads((out / "final" / "pipeline" / "vae" / "config.json").read_text())
+        assert saved["latent_channels"] == 2 * SPEC["vae"]["latent_channels"]
+
+
+def _assert_a_killed_run_resumes(command, tmp_path: Path, steps: int) -> Path:
+    """Run ``command(out, max_steps)``, SIGKILL it after its first checkpoint, rerun it to 4 steps
+    past the kill: no step lost or logged twice, and the same losses as an uninterrupted run.
+    Returns the resumed run's folder."""
     out = tmp_path / "run"
-    process = subprocess.Popen(_train_command(data_root, out, spec_file, 400, extra), cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command(out, steps), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "latest.json").is_file():
         time.sleep(0.2)
@@ -238,25 +251,69 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(recipe, data_root, spec_f
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = json.loads((out / "latest.json").read_text())["step"]
-    assert 2 <= killed_at < 400
-    done = subprocess.run(_train_command(data_root, out, spec_file, killed_at + 4, extra), cwd=tmp_path,
-                          capture_output=True, text=True)
+    assert 2 <= killed_at < steps
+    done = subprocess.run(command(out, killed_at + 4), cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "Writing model shards" not in done.stdout + done.stderr  # -q: no library progress bars either
-    steps = sorted(losses(out))
-    assert steps == list(range(1, killed_at + 5))  # no step lost, none logged twice
+    assert sorted(losses(out)) == list(range(1, killed_at + 5))  # no step lost, none logged twice
     assert (out / "final" / "pipeline" / "model_index.json").is_file()
     assert not list(out.rglob("*.tmp"))
-    if recipe == "v2-object":
-        saved = json.loads((out / "final" / "pipeline" / "vae" / "config.json").read_text())
-        assert saved["object_frame"] and saved["latent_channels"] == 10
-    if recipe == "v2-from-widened-v1":  # trained from the widened folder, not from the spec
-        saved = json.loads((out / "final" / "pipeline" / "vae" / "config.json").read_text())
-        assert saved["latent_channels"] == 2 * SPEC["vae"]["latent_channels"]
     straight = tmp_path / "straight"
-    subprocess.run(_train_command(data_root, straight, spec_file, killed_at + 4, extra), cwd=tmp_path,
-                   capture_output=True, text=True, check=True)
+    subprocess.run(command(straight, killed_at + 4), cwd=tmp_path, capture_output=True, text=True, check=True)
     assert losses(straight) == losses(out)  # full-precision floats, before and after the kill
+    return out
+
+
+def _object_frame_folder(folder: Path) -> Path:
+    """A tiny object-frame pipeline (the box in the last 6 of 10 latent channels), saved."""
+    spec = {**SPEC, "vae": {**SPEC["vae"], "latent_channels": 10, "object_frame": True},
+            "transformer": {**SPEC["transformer"], "in_channels": 10}}
+    build_pipeline(PipelineSpec(**spec)).save_pretrained(folder)
+    return folder
+
+
+def _layout_command(data_root: Path, init: Path, out: Path, steps: int) -> list[str]:
+    return [sys.executable, "-m", "midi3d", "train", "embedded-v2-object-layout", "--device", "cpu", "--data",
+            str(data_root), "--out", str(out), "--cache-dir", str(out.parent / "cache"), "--init", str(init), "-q",
+            "--set", f"max_steps={steps}", "--set", "batch_size=3", "--set", "checkpoint_every=2", "--set", "log_every=1",
+            "--set", "cache_jobs=1", "--set", "width=32", "--set", "grid=4", "--set", "num_layers=1",
+            *[f"--set={k}={v}" for k, v in POINTS.items()]]
+
+
+def test_a_killed_layout_run_resumes_from_its_last_checkpoint(data_root, tmp_path):
+    """The same guarantee for embedded-v2-object-layout (mirroring draws per step included)."""
+    init = _object_frame_folder(tmp_path / "init")
+    out = _assert_a_killed_run_resumes(lambda out, steps: _layout_command(data_root, init, out, steps), tmp_path, 20000)
+    index = json.loads((out / "final" / "pipeline" / "model_index.json").read_text())
+    assert index["layout_model"] == ["midi3d", "InstanceLayoutModel"]
+
+
+def test_the_layout_model_learns_the_training_boxes(data_root, tmp_path):
+    """A few hundred steps on the six training rooms fit their boxes far better than the mean box;
+    the trained folder keeps its transformer and VAE unchanged, and a scene-frame one is refused."""
+    from midi3d.pipelines import MIDIPipeline
+    from midi3d.training.config import LayoutTrainConfig
+    from midi3d.training.layout import LayoutTask
+
+    init = _object_frame_folder(tmp_path / "init")
+    config = LayoutTrainConfig(max_steps=300, batch_size=3, lr=3e-3, warmup_steps=10, width=32, grid=8, num_layers=2,
+                               dropout=0.0, mirror=False, checkpoint_every=300, log_every=10, cache_jobs=1, **POINTS)
+    run_training(config, data_root, tmp_path / "run", init=init, quiet=True)
+    trained = MIDIPipeline.from_pretrained(tmp_path / "run" / "final" / "pipeline")
+    before = MIDIPipeline.from_pretrained(init)
+    for name, tensor in before.transformer.state_dict().items():
+        torch.testing.assert_close(trained.transformer.state_dict()[name], tensor, rtol=0, atol=0)
+    cache = build_cache(data_root, tmp_path / "run" / "cache", CacheSettings(256, 256, 128, config.min_area_fraction,
+                                                                            config.max_instances), TINY_PROCESSORS, jobs=1)
+    task = LayoutTask(trained, cache, config)  # its features and targets, with the trained model
+    counts = [len(cache.scene_instances(s)) for s in range(cache.num_scenes)]
+    with torch.no_grad():
+        fitted = trained.layout_model.eval().raw(task.features, counts)
+    error = (fitted - task.targets).abs().mean()
+    baseline = (task.targets.mean(0) - task.targets).abs().mean()
+    assert error < 0.5 * baseline, (error, baseline)
+    with pytest.raises(ValueError, match="scene-frame"):
+        LayoutTask(build_pipeline(PipelineSpec(**SPEC)), cache, config)
 
 
 def test_accelerate_launch_two_processes(data_root, spec_file, tmp_path):

@@ -157,7 +157,26 @@ class DiTTrainConfig(TrainConfig):
         return self
 
 
-CONFIG_CLASSES = {"vae": VAETrainConfig, "dit": DiTTrainConfig}
+class LayoutTrainConfig(TrainConfig):
+    """Instance layout model (:mod:`midi3d.models.layout_model`): 3D boxes from 2D masks, added to
+    an object-frame pipeline (``--init``) as its ``layout_model`` component."""
+
+    kind: Literal["layout"] = "layout"
+    grid: PositiveInt = 16                 # the mask picture's cells per side
+    width: PositiveInt = 128
+    num_layers: PositiveInt = 4
+    num_attention_heads: PositiveInt = 4
+    dropout: Probability = 0.1
+    mirror: bool = True                    # augment: mirror half of the scenes about x (image and boxes)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self):
+        if self.width % self.num_attention_heads:
+            raise ValueError(f"width {self.width} must be divisible by num_attention_heads {self.num_attention_heads}")
+        return self
+
+
+CONFIG_CLASSES = {"vae": VAETrainConfig, "dit": DiTTrainConfig, "layout": LayoutTrainConfig}
 
 
 def build_config(data: dict, source: str) -> TrainConfig:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import DiTTrainConfig, TrainConfig, VAETrainConfig, config_dict
+from .config import DiTTrainConfig, LayoutTrainConfig, TrainConfig, VAETrainConfig, config_dict
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,11 @@ def run_training(config: TrainConfig, data: Path, out: Path, init: Path | None =
         from .vae import VAETask
 
         task = VAETask(pipe, cache, config)
+        ema_decay = 0.0
+    elif isinstance(config, LayoutTrainConfig):
+        from .layout import LayoutTask
+
+        task = LayoutTask(pipe, cache, config)
         ema_decay = 0.0
     else:
         from .dit import DiTTask, cached_latents
