@@ -59,6 +59,9 @@ EmptyFallbackOpt = Annotated[str | None, typer.Option("--empty-fallback", help="
 ControlOpt = Annotated[str | None, typer.Option("--control", help="Instance control: a YAML file or a preset "
                                                "(neutral, grounding-0.3, ast-instances, ast-image, isolate-3dis; "
                                                "see docs/control.md). Default: the model folder's, if any.")]
+GeneratedBoxesOpt = Annotated[bool, typer.Option("--generated-boxes", help="Object-frame models with a layout "
+                                                 "model (the embedded one): let the transformer generate each "
+                                                 "instance's 3D box instead of taking it from the layout model.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1, …")]
 DTypeOpt = Annotated[DType, typer.Option("--dtype", help="Network dtype (float16 needs a GPU).")]
 ExtractOpt = Annotated[Extract, typer.Option("--extract", help="Mesh extraction: hierarchical, or dense (the "
@@ -164,6 +167,7 @@ def generate(
                                          "folder's), 'all', 'none', '8-12', '8,9,10' or '1,4-6'."),
     pad: bool = typer.Option(False, "--pad", help="Official image padding around the objects."),
     control: ControlOpt = None,
+    generated_boxes: GeneratedBoxesOpt = False,
     latent_tokens: int | None = typer.Option(None, "--latent-tokens", min=1,
                                              help="Latent tokens per instance (default: the transformer width)."),
     device: DeviceOpt = "cpu",
@@ -233,6 +237,7 @@ def generate(
         extraction=ExtractionOptions(method=extract.value, resolution=resolution, smooth=smooth,
                                      fallback_levels=fallback_levels),
         postprocess=None if no_postprocess else PostprocessConfig(target_faces=faces),
+        use_layout_model=not generated_boxes,
     )
     with _one_line_errors():
         pipe = load_pipeline(model, torch_dtype, device, mi_layers, trust_pickle, lora, lora_scale, quiet)
@@ -618,6 +623,7 @@ def evaluate(
     resolution: ResolutionOpt = None,
     empty_fallback: EmptyFallbackOpt = None,
     control: ControlOpt = None,
+    generated_boxes: GeneratedBoxesOpt = False,
     device: DeviceOpt = "cpu",
     dtype: DTypeOpt = DType.float32,
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Re-run scenes that failed before."),
@@ -651,13 +657,15 @@ def evaluate(
         control_config = load_control(control)
         fallback_levels = _fallback_levels(empty_fallback)
         predictor = _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, resolution,
-                               control_config, fallback_levels)
+                               control_config, fallback_levels, not generated_boxes)
     sampling = dict(steps=steps, guidance=guidance, seed=seed, extract=extract.value, resolution=resolution,
                     device=device, dtype=dtype.value)
     if fallback_levels is not None:  # given: another run (the folder's default is part of its files' identity)
         sampling["empty_fallback"] = list(fallback_levels)
     if control_config is not None:  # a run with other controls is another run
         sampling["control"] = control_config.to_data()
+    if generated_boxes:  # so is one without the layout model
+        sampling["generated_boxes"] = True
     identity = _run_identity(spec, pred_dir, model, sampling)
     _score(data, keys, predictor, out, icp.value, points, seed, retry_failed, save_visuals, quiet, identity, overwrite,
            reprojection or dataset == "pairs")
@@ -684,7 +692,7 @@ def _export_ground_truth(data, keys, export_gt: Path, quiet: bool) -> None:
 
 
 def _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, resolution, control=None,
-               fallback_levels=None):
+               fallback_levels=None, use_layout_model: bool = True):
     from .eval.benchmark import files_predictor, model_predictor
     from .pipelines.loading import load_pipeline, resolve_dtype
     from .pipelines.pipeline_midi import ExtractionOptions
@@ -696,7 +704,8 @@ def _predictor(pred_dir, model, device, dtype, steps, guidance, seed, extract, r
     pipe = load_pipeline(model, resolve_dtype(dtype.value, device), device, quiet=True)
     options = GenerateOptions(steps=steps, guidance=guidance, seed=seed, postprocess=None, control=control,
                               extraction=ExtractionOptions(method=extract.value, resolution=resolution,
-                                                           fallback_levels=fallback_levels))
+                                                           fallback_levels=fallback_levels),
+                              use_layout_model=use_layout_model)
     return model_predictor(pipe, options)
 
 

@@ -17,8 +17,8 @@ def embedded_model_folder() -> Path:
 
 def load_embedded_pipeline(torch_dtype: torch.dtype | None = None, device: str = "cpu", mi_layers=None,
                            dtype: torch.dtype | None = None):
-    """Load the embedded model; it samples with the defaults saved in its folder (guidance 2,
-    128³ meshing: chosen on the validation split, docs/results.md)."""
+    """Load the embedded model (v2: object-frame VAE and layout model); it samples with the
+    defaults saved in its folder (guidance 2, 64 cells across each object's box; docs/results.md)."""
     from .pipelines.pipeline_midi import MIDIPipeline
 
     return MIDIPipeline.from_pretrained(embedded_model_folder(), torch_dtype=torch_dtype, dtype=dtype, device=device,

@@ -63,6 +63,7 @@ class GenerateOptions:
     max_memory_gb: float = DEFAULT_BUDGET_GB
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
     postprocess: PostprocessConfig | None = field(default_factory=PostprocessConfig)
+    use_layout_model: bool = True  # object-frame folders with a layout model: boxes from it (False: generated)
 
 
 def load_scene(image_path: str | Path, seg_path: str | Path, max_instances: int = DEFAULT_MAX_INSTANCES,
@@ -89,7 +90,8 @@ def generate_scene(pipe: MIDIPipeline, scene: SceneInputs, options: GenerateOpti
                   seed=options.seed, pad=options.pad, mi_layers=options.mi_layers, control=options.control,
                   num_latent_tokens=options.num_latent_tokens,
                   extraction=options.extraction, postprocess=options.postprocess,
-                  max_instances=options.max_instances, max_memory_gb=options.max_memory_gb)
+                  max_instances=options.max_instances, max_memory_gb=options.max_memory_gb,
+                  use_layout_model=options.use_layout_model)
     if result.empty_ids:
         logger.warning("%s: no surface (no zero crossing) for instance(s) %s; they have no mesh in the output",
                        scene.name, ", ".join(map(str, result.empty_ids)))

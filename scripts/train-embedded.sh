@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The recipe of the embedded model midi3d-tiny, end to end (see docs/training.md).
+# The recipe of the embedded model midi3d-tiny (v2; v1 is its first stages), end to end
+# (see docs/training.md).
 # Every step resumes where it stopped when rerun.
 # Usage: bash scripts/train-embedded.sh [--device auto|cpu|cuda] [WORK_DIR]
 # (--device cuda runs the same commands on a GPU; auto, the default, uses one when there is one.)
@@ -46,8 +47,31 @@ for stage in embedded-layout-14k embedded-layout-18k embedded-layout-24k; do
     --init "$WORK/stage-1" --cache-dir "$WORK/cache" --threads 2 -q
 done
 
-# 7. Ship it (the model card README.md stays).
+# v1 (steps 2-6) is done: WORK/dit-layout/final/pipeline is midi3d-tiny v1, the donor of v2's
+# encoders and transformer blocks. Embedded model v2 (issue 18), the object frame, from here on.
+
+# 7. Object-frame shape VAE (each object in its own box; the box in the latent's last 6 channels).
+OMP_NUM_THREADS=2 train embedded-v2-object-vae --data "$WORK/synth-train" --out "$WORK/v2-object-vae" \
+  --cache-dir "$WORK/cache" -q
+
+# 8. Its transformer stage starts from v1's encoders and transformer blocks (warm start).
+if [ ! -d "$WORK/v2-object-init" ]; then
+  .venv/bin/python scripts/warm_start.py "$WORK/v2-object-init" --vae "$WORK/v2-object-vae/final/pipeline" \
+    --donor "$WORK/dit-layout/final/pipeline"
+fi
+
+# 9. Transformer + encoders on the object-frame latents, then 2000 steps with the box channels weighted.
+OMP_NUM_THREADS=2 train embedded-v2-object-dit --data "$WORK/synth-train" --out "$WORK/v2-object-dit" \
+  --init "$WORK/v2-object-init" --cache-dir "$WORK/cache" --threads 2 -q
+OMP_NUM_THREADS=2 train embedded-v2-object-dit-box --data "$WORK/synth-train" --out "$WORK/v2-object-dit-box" \
+  --init "$WORK/v2-object-dit/final/pipeline" --cache-dir "$WORK/cache" --threads 2 -q
+
+# 10. The instance layout model (3D boxes from the 2D masks), added to that folder.
+OMP_NUM_THREADS=2 train embedded-v2-object-layout --data "$WORK/synth-train" --out "$WORK/v2-object-layout" \
+  --init "$WORK/v2-object-dit-box/final/pipeline" --cache-dir "$WORK/cache" --threads 2 -q
+
+# 11. Ship it (the model card README.md stays).
 cp midi3d/assets/midi3d-tiny/README.md "$WORK/model-card.md"
 rm -rf midi3d/assets/midi3d-tiny
-cp -r "$WORK/dit-layout/final/pipeline" midi3d/assets/midi3d-tiny
+cp -r "$WORK/v2-object-layout/final/pipeline" midi3d/assets/midi3d-tiny
 cp "$WORK/model-card.md" midi3d/assets/midi3d-tiny/README.md

@@ -9,8 +9,8 @@ With ``--widen-channels C`` the whole donor (VAE included) is widened to C laten
 function-preserving (``midi3d.models.warm_start.widened_pipeline``): the result decodes and
 denoises exactly as the donor does until training uses the new channels.
 
-    python scripts/warm_start.py OUT --vae RUN/final/pipeline --donor midi3d/assets/midi3d-tiny
-    python scripts/warm_start.py OUT --widen-channels 16 --donor midi3d/assets/midi3d-tiny
+    python scripts/warm_start.py OUT --vae RUN/final/pipeline --donor training/midi3d-tiny-v1
+    python scripts/warm_start.py OUT --widen-channels 16 --donor training/midi3d-tiny-v1
 """
 
 from __future__ import annotations

@@ -65,9 +65,12 @@ def test_embedded_model_is_the_shipped_trained_one():
     assert (folder / "model_index.json").is_file(), "the trained midi3d-tiny weights are not in the installed package"
     pipe = load_embedded_pipeline()
     assert pipe.transformer.config.num_layers == 8 and pipe.transformer.mi_layers == (2, 3, 4, 5, 6)
+    # v2: an object-frame VAE (the box in the latent's last 6 of 22 channels) and its layout model
+    assert pipe.vae.config.object_frame and pipe.vae.config.latent_channels == 22
+    assert pipe.layout_model is not None
     # its folder records what it samples with, and every caller gets it
-    assert pipe.sampling_defaults == SamplingDefaults(steps=50, guidance=2.0, resolution=128,
-                                                      fallback_levels=(0.05, 0.1, 0.2, 0.4))
+    assert pipe.sampling_defaults == SamplingDefaults(steps=50, guidance=2.0, resolution=64,
+                                                      fallback_levels=(0.5, 1.0, 2.0, 4.0))
 
 
 def test_embedded_model_beats_the_random_stand_in_on_held_out_rooms(tmp_path):
@@ -103,7 +106,7 @@ def test_embedded_model_beats_the_random_stand_in_on_held_out_rooms(tmp_path):
         return float(np.mean(values))
 
     trained = mean_fscore(load_embedded_pipeline())
-    random = mean_fscore(build_pipeline(PipelineSpec.builtin("midi3d-tiny")))
+    random = mean_fscore(build_pipeline(PipelineSpec.builtin("midi3d-tiny-v2-object")))  # its spec, random weights
     assert trained > 0.15 and trained > 3 * random, (trained, random)
 
 

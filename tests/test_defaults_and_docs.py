@@ -16,7 +16,8 @@ from midi3d.cli import app
 
 
 def test_embedded_folder_samples_at_its_recorded_defaults():
-    """``pipe(image, label_map)`` with nothing else set: guidance 2 and 128³ from the folder."""
+    """``pipe(image, label_map)`` with nothing else set: guidance 2, 64 cells across each object's
+    box and the boxes of the layout model, from the folder."""
     import midi3d.pipelines.pipeline_midi as pipeline_module
     from midi3d.embedded import load_embedded_pipeline
     from midi3d.pipelines.scene import load_scene
@@ -36,7 +37,8 @@ def test_embedded_folder_samples_at_its_recorded_defaults():
         out = pipe(scene.rgb, scene.labels, num_inference_steps=2, seed=0)
     finally:
         pipeline_module.extract_meshes = real
-    assert out.settings["guidance"] == 2.0 and out.settings["resolution"] == 128 and resolutions == [128]
+    assert out.settings["guidance"] == 2.0 and out.settings["resolution"] == 64 and resolutions == [64]
+    assert out.settings["boxes"] == "layout_model"
     assert out.instance_ids == scene.ids
 
 
@@ -142,22 +144,28 @@ def test_layer_grammar_is_the_same_everywhere(tmp_path):
 
 
 def test_the_embedded_recipe_is_in_yaml_and_its_stages_parse():
-    """scripts/train-embedded.sh calls the recipe's YAML files; each parses and names a stage."""
+    """scripts/train-embedded.sh calls the recipe's YAML files; each parses and names a stage, and
+    the shipped folder samples with what the stages of its lineage write into it."""
+    from midi3d.pipelines.sampling import OFFICIAL_DEFAULTS
     from midi3d.training.config import load_train_config
 
     script = (REPO / "scripts" / "train-embedded.sh").read_text()
     names = re.findall(r"\b(embedded-[a-z0-9-]+)", script)
-    assert len(set(names)) == 7 and "--set" not in script
+    assert len(set(names)) == 11 and "--set" not in script
     for name in names:
+        assert load_train_config(name).kind in ("vae", "dit", "layout")
+    lineage = ["embedded-v2-object-vae", "embedded-v2-object-dit", "embedded-v2-object-dit-box",
+               "embedded-v2-object-layout"]  # v2's stages, each --init the one before (warm start: the VAE's folder)
+    assert [n for n in names if n.startswith("embedded-v2")] == lineage
+    defaults = OFFICIAL_DEFAULTS
+    for name in lineage:  # as midi3d.training.run resolves them: None keeps the starting folder's
         config = load_train_config(name)
-        assert config.kind in ("vae", "dit")
-    assert names[-1] == "embedded-layout-24k"
-    final = load_train_config(names[-1])
-    assert (final.box_loss_weight, final.max_steps, final.sample_guidance, final.sample_resolution,
-            final.sample_fallback_levels) == (1.0, 24000, 2.0, 128, [0.05, 0.1, 0.2, 0.4])
+        levels = None if config.sample_fallback_levels is None else tuple(config.sample_fallback_levels)
+        defaults = defaults.resolve(config.sample_steps, config.sample_guidance, config.sample_resolution, levels)
+    assert (defaults.steps, defaults.guidance, defaults.resolution) == (50, 2.0, 64)
     assert json.loads((REPO / "midi3d" / "assets" / "midi3d-tiny" / "model_index.json").read_text())[
-        "_midi3d_sampling"] == {"num_inference_steps": 50, "guidance_scale": 2.0, "resolution": 128,
-                                "empty_fallback_levels": final.sample_fallback_levels}  # what the recipe writes
+        "_midi3d_sampling"] == {"num_inference_steps": 50, "guidance_scale": 2.0, "resolution": 64,
+                                "empty_fallback_levels": list(defaults.fallback_levels)}  # what the recipe writes
 
 
 def test_extends_merges_and_refuses_loops(tmp_path):

@@ -144,3 +144,44 @@ def _instances(pipe, image, labels):
 
     inputs = scene_instances(image, labels)
     return inputs.images, inputs.masks, inputs.scenes
+
+
+@pytest.fixture
+def layout_folder(object_pipe, tmp_path) -> MIDIPipeline:
+    """The tiny object-frame pipeline with a layout model, saved and loaded."""
+    torch.manual_seed(2)
+    object_pipe.register_modules(layout_model=InstanceLayoutModel(grid=4, width=32, num_layers=1,
+                                                                  num_attention_heads=4).eval())
+    try:
+        object_pipe.save_pretrained(tmp_path / "layout-pipe")
+    finally:
+        object_pipe.register_modules(layout_model=None)
+    return tmp_path / "layout-pipe"
+
+
+def test_generate_options_and_the_cli_choose_the_boxes(layout_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from midi3d.cli import app
+    from midi3d.data.synth import SynthConfig, generate_dataset
+    from midi3d.pipelines.pipeline_midi import ExtractionOptions
+    from midi3d.pipelines.scene import GenerateOptions, SceneInputs, generate_scene
+
+    pipe = MIDIPipeline.from_pretrained(layout_folder)
+    pipe.set_progress_bar_config(disable=True)
+    image, labels = scene()
+    options = GenerateOptions(steps=2, extraction=ExtractionOptions(resolution=16), postprocess=None)
+    assert generate_scene(pipe, SceneInputs(image, labels), options).settings["boxes"] == "layout_model"
+    chosen = GenerateOptions(steps=2, extraction=ExtractionOptions(resolution=16), postprocess=None,
+                             use_layout_model=False)
+    assert generate_scene(pipe, SceneInputs(image, labels), chosen).settings["boxes"] == "generated"
+    # midi3d eval --generated-boxes is another run than the one with the layout model's boxes
+    generate_dataset(tmp_path / "data", 1, SynthConfig(seed=3, image_size=64, surface_points=512), jobs=1)
+    common = ["eval", "--root", str(tmp_path / "data"), "--test-size", "1", "--model", str(layout_folder),
+              "--steps", "2", "--resolution", "16", "--icp", "none", "-q"]
+    runner = CliRunner()
+    runner.invoke(app, [*common, "--out", str(tmp_path / "with-layout")])
+    runner.invoke(app, [*common, "--out", str(tmp_path / "generated"), "--generated-boxes"])
+    with_layout = json.loads((tmp_path / "with-layout" / "eval_run.json").read_text())
+    generated = json.loads((tmp_path / "generated" / "eval_run.json").read_text())
+    assert "generated_boxes" not in with_layout and generated["generated_boxes"] is True

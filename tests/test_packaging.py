@@ -42,7 +42,8 @@ def test_wheel_has_only_midi3d_top_level(tmp_path):
     for part in ("model_index.json", "transformer/diffusion_pytorch_model.safetensors",
                  "vae/diffusion_pytorch_model.safetensors", "image_encoder_1/model.safetensors",
                  "image_encoder_2/model.safetensors", "scheduler/scheduler_config.json",
-                 "feature_extractor_2/preprocessor_config.json"):
+                 "feature_extractor_2/preprocessor_config.json", "layout_model/config.json",
+                 "layout_model/diffusion_pytorch_model.safetensors"):
         assert f"midi3d/assets/midi3d-tiny/{part}" in embedded, part
     size = sum(info.file_size for info in zipfile.ZipFile(built_wheel(tmp_path)).infolist()
                if info.filename.startswith("midi3d/assets/midi3d-tiny/"))
