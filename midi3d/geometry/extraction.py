@@ -447,33 +447,3 @@ def extract_meshes(sdfs: Sequence[SDFFunction], method: str = "hierarchical", re
                 stats.fallback_levels[index] = level
                 break
     return meshes, stats
-    if method == "dense":
-        for index, grid in enumerate(dense_grids(sdfs, resolution, progressive, bbox)):
-            meshes.append(mesh_from_grid(grid, smooth, mapping))
-            stats.num_queries += grid.num_queries
-            if on_instance_done is not None:
-                on_instance_done(index)
-    elif method == "hierarchical":
-        if smooth:
-            raise ValueError("smoothing is a dense-grid filter; use --extract dense or mesh post-processing")
-        for index, sdf in enumerate(sdfs):
-            mesh, one = extract_hierarchical(sdf, bbox, resolution, coarse_resolution, mapping)
-            meshes.append(mesh)
-            stats.num_queries += one.num_queries
-            if on_instance_done is not None:
-                on_instance_done(index)
-    else:
-        raise ValueError(f"unknown extraction method {method!r} (dense or hierarchical)")
-    for index, sdf in enumerate(sdfs):
-        for level in fallback_levels if meshes[index] is None else ():
-            if method == "dense":
-                mesh, one = extract_dense(_level_set(sdf, level), bbox, resolution, smooth, mapping)
-            else:
-                mesh, one = extract_hierarchical(_level_set(sdf, level), bbox, resolution, coarse_resolution, mapping)
-            stats.num_queries += one.num_queries
-            if mesh is not None:
-                mesh.metadata[FALLBACK_METADATA] = level
-                meshes[index] = mesh
-                stats.fallback_levels[index] = level
-                break
-    return meshes, stats
