@@ -12,7 +12,7 @@ from midi3d.geometry.camera import InstanceRaycaster, PinholeCamera, rotation_er
 from midi3d.geometry.camera_fit import CameraFitOptions, estimate_camera
 from midi3d.io.errors import InputError
 from midi3d.texture import TextureOptions, texture_meshes
-from midi3d.texture.bake import rasterize
+from midi3d.texture.bake import decimated, rasterize
 from midi3d.texture.projection import fill_hidden
 from midi3d.texture.render import render_colours
 
@@ -121,6 +121,16 @@ def test_rasterize_covers_a_square_with_exact_barycentrics():
     texel = np.stack(np.meshgrid(np.arange(16) + 0.5, np.arange(16) + 0.5), -1) / 16  # (x, y)
     rebuilt = np.einsum("hwk,hwkc->hwc", weights, uv[faces[face_of]])
     np.testing.assert_allclose(rebuilt, texel, atol=1e-9)
+
+
+def test_decimation_keeps_the_surface_within_the_face_budget():
+    sphere = trimesh.creation.icosphere(subdivisions=5, radius=0.5)  # 20,480 faces
+    small = decimated(sphere, 500)
+    assert 400 <= len(small.faces) <= 500
+    radius = np.linalg.norm(small.vertices, axis=1)
+    assert np.abs(radius - 0.5).max() < 0.02  # vertices stay on the sphere (one cell of 500 faces: ~0.05)
+    assert abs(small.area - sphere.area) / sphere.area < 0.02
+    assert decimated(sphere, len(sphere.faces)) is sphere  # under the budget: unchanged
 
 
 def test_fill_hidden_is_harmonic_over_the_surface():
