@@ -229,3 +229,24 @@ def test_training_into_a_folder_of_another_run_or_with_a_damaged_state_is_one_li
         checkpoint.write_text("{not json")
     code, message, lines = train("a.yaml")
     assert code == 2 and lines == 1 and "damaged checkpoint" in message and state.parent.name in message, message
+
+
+def test_the_ablation_variants_parse_and_differ_only_in_their_key():
+    """scripts/ablation.sh: every variant's --set overrides parse on v1's and v2's configs, and
+    v2's ablation config is the shipped transformer stage's recipe at a smaller budget."""
+    from midi3d.training.config import config_dict, load_train_config
+
+    script = (REPO / "scripts" / "ablation.sh").read_text()
+    variants = {name: re.findall(r"--set (\S+)", flags) for name, flags in re.findall(r'\[([a-z-]+)\]="([^"]*)"', script)}
+    assert set(variants) == {"mi-default", "mi-none", "mi-all", "mi-default-nomix"}
+    v2 = REPO / "configs" / "train" / "embedded-v2-ablation.yaml"
+    assert str(v2.relative_to(REPO)) in script
+    for config in ("dit-tiny", v2):
+        base = config_dict(load_train_config(config))
+        for name, overrides in variants.items():
+            changed = {k for k, v in config_dict(load_train_config(config, overrides)).items() if base[k] != v}
+            assert changed == {o.split("=")[0] for o in overrides}, name
+    shipped, ablation = config_dict(load_train_config("embedded-v2-object-dit-box")), config_dict(load_train_config(v2))
+    differ = {k for k in shipped if shipped[k] != ablation[k]}
+    assert differ <= {"max_steps", "decay_start", "lr", "warmup_steps"}, differ
+    assert ablation["mixed_probability"] == 0.2 and ablation["box_channel_weight"] == 8.0
