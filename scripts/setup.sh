@@ -21,6 +21,20 @@ fi
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 extra=""; [ "${1:-}" = "dev" ] && extra="[dev]"
+# A rerun skips pip when this checkout is already installed in editable mode from the same
+# pyproject.toml with at least these extras (the stamp is written after a successful install;
+# scripts/test.sh installs the wheel instead, which the editable check below notices).
+stamp=.venv/.midi3d-setup
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+editable() (  # run from / so that the checkout's own midi3d/ folder is not what gets imported
+  here="$PWD"; cd / && "$here/.venv/bin/python" -c "import sys, midi3d, pathlib
+sys.exit(pathlib.Path(midi3d.__file__).resolve().parent != pathlib.Path('$here/midi3d').resolve())" 2>/dev/null
+)
+if [ -f "$stamp" ] && { [ "$(cat "$stamp")" = "$want [dev]" ] || [ "$(cat "$stamp")" = "$want $extra" ]; } && editable; then
+  exit 0
+fi
+rm -f "$stamp"
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -m pip install -q -e ".${extra}" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import midi3d" # fail loudly if the install did not work
+echo "$want $extra" > "$stamp"
