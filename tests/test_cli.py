@@ -69,7 +69,7 @@ def test_embedded_model_is_the_shipped_trained_one():
     assert pipe.vae.config.object_frame and pipe.vae.config.latent_channels == 22
     assert pipe.layout_model is not None
     # its folder records what it samples with, and every caller gets it
-    assert pipe.sampling_defaults == SamplingDefaults(steps=50, guidance=2.0, resolution=64,
+    assert pipe.sampling_defaults == SamplingDefaults(steps=50, guidance=6.0, resolution=64,
                                                       fallback_levels=(0.5, 1.0, 2.0, 4.0))
 
 
@@ -234,9 +234,9 @@ def test_outputs_respect_the_umask(tmp_path, model_dir):
     assert [p.name for p in tmp_path.iterdir()] == ["scene.glb"]  # no temporary file left behind
 
 
-@pytest.mark.parametrize("use_model, given, expected", [(False, None, 2.0), (True, None, 7.0), (False, "5", 5.0)])
+@pytest.mark.parametrize("use_model, given, expected", [(False, None, 6.0), (True, None, 7.0), (False, "5", 5.0)])
 def test_guidance_default_depends_on_the_model(tmp_path, model_dir, monkeypatch, use_model, given, expected):
-    """The embedded model samples at its folder's guidance (2), a --model folder without recorded
+    """The embedded model samples at its folder's guidance (6), a --model folder without recorded
     defaults at the official 7; an explicit --guidance always wins."""
     import midi3d.pipelines.batch as batch_module
 

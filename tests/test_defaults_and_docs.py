@@ -16,7 +16,7 @@ from midi3d.cli import app
 
 
 def test_embedded_folder_samples_at_its_recorded_defaults():
-    """``pipe(image, label_map)`` with nothing else set: guidance 2, 64 cells across each object's
+    """``pipe(image, label_map)`` with nothing else set: guidance 6, 64 cells across each object's
     box and the boxes of the layout model, from the folder."""
     import midi3d.pipelines.pipeline_midi as pipeline_module
     from midi3d.embedded import load_embedded_pipeline
@@ -37,7 +37,7 @@ def test_embedded_folder_samples_at_its_recorded_defaults():
         out = pipe(scene.rgb, scene.labels, num_inference_steps=2, seed=0)
     finally:
         pipeline_module.extract_meshes = real
-    assert out.settings["guidance"] == 2.0 and out.settings["resolution"] == 64 and resolutions == [64]
+    assert out.settings["guidance"] == 6.0 and out.settings["resolution"] == 64 and resolutions == [64]
     assert out.settings["boxes"] == "layout_model"
     assert out.instance_ids == scene.ids
 
@@ -162,9 +162,9 @@ def test_the_embedded_recipe_is_in_yaml_and_its_stages_parse():
         config = load_train_config(name)
         levels = None if config.sample_fallback_levels is None else tuple(config.sample_fallback_levels)
         defaults = defaults.resolve(config.sample_steps, config.sample_guidance, config.sample_resolution, levels)
-    assert (defaults.steps, defaults.guidance, defaults.resolution) == (50, 2.0, 64)
+    assert (defaults.steps, defaults.guidance, defaults.resolution) == (50, 6.0, 64)
     assert json.loads((REPO / "midi3d" / "assets" / "midi3d-tiny" / "model_index.json").read_text())[
-        "_midi3d_sampling"] == {"num_inference_steps": 50, "guidance_scale": 2.0, "resolution": 64,
+        "_midi3d_sampling"] == {"num_inference_steps": 50, "guidance_scale": 6.0, "resolution": 64,
                                 "empty_fallback_levels": list(defaults.fallback_levels)}  # what the recipe writes
 
 
