@@ -43,7 +43,7 @@ if [ "$V2" = 1 ]; then
       for name in $pair; do
         # shellcheck disable=SC2086
         OMP_NUM_THREADS=1 $MIDI3D eval --dataset 3dfront --root "$WORK/synth-test" --test-size 200 --limit 50 \
-          --model "$PREFIX/final-$name" --out "$PREFIX/eval-$boxes-$name" --icp none --steps 25 $flag -q &
+          --model "$PREFIX/final-$name" --out "$PREFIX/eval-$boxes/$name" --icp none --steps 25 $flag -q &
       done
       wait
     done
