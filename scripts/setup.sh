@@ -35,6 +35,7 @@ if [ -f "$stamp" ] && { [ "$(cat "$stamp")" = "$want [dev]" ] || [ "$(cat "$stam
 fi
 rm -f "$stamp"
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -e ".${extra}" 2>&1 | grep -v "^WARNING: Location" || true
+# (a failed install stops here, before the stamp: only pip's own status counts, not grep's)
+.venv/bin/python -m pip install -q -e ".${extra}" 2>&1 | { grep -v "^WARNING: Location" || true; }
 .venv/bin/python -c "import midi3d" # fail loudly if the install did not work
 echo "$want $extra" > "$stamp"

@@ -23,8 +23,8 @@ class Atlas:
 
 def decimated(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
     """``mesh`` with at most ``max_faces`` faces (quadric edge collapse, fast-simplification);
-    unchanged if under. About 8x faster than Open3D's quadric decimation on the embedded model's
-    meshes at the same surface error (``benchmarks/decimation.py``)."""
+    unchanged if under. About 10x faster than Open3D's quadric decimation on the embedded model's
+    meshes at the same surface error (``benchmarks/bench_decimation.py``)."""
     if len(mesh.faces) <= max_faces:
         return mesh
     import fast_simplification
