@@ -8,7 +8,8 @@ queries per object (Gaussian offsets of σ = 0.005 and 0.03 around surface sampl
 from a seed no training cache uses) plus N/2 uniform in the scene box and N/2 uniform in the
 object's box grown by 0.1 (the embedded VAE's training mixture), computes their exact signed
 distance to the object's mesh and reports how often the decoded sign (``value <= 0`` = inside)
-matches the true surface's: on the whole mixture, on the near-surface queries alone, and on the
+matches the true surface's: on the whole mixture, on the near-surface queries alone (and on
+each half of them, σ = 0.005 and σ = 0.03), and on the
 queries within 0.01 of the surface; and, on N more queries uniform in the scene box outside the
 object's box grown by 0.05 (``far_0.05``), how often the decoder says "outside": what is left
 there meshes as floaters. ``--sign-offset D`` scores against the surface dilated by D
@@ -81,6 +82,7 @@ def main() -> None:
             far_rng = np.random.default_rng(54321)  # its own stream: the other queries stay as before
             near = args.sign_queries
             right_all, right_near, right_close, right_far = [], [], [], []
+            right_fine, right_coarse = [], []  # the near queries of sigma 0.005 and of sigma 0.03
             for index, ((room, name), points) in enumerate(zip(objects, truth)):
                 mesh = trimesh.load(args.data / SCENE / room / f"{name}.glb", force="mesh")
                 queries = query_points(points, sign_rng, near, near // 2, around=near // 2, margin=0.1)
@@ -92,10 +94,14 @@ def main() -> None:
                 right = (values + args.iso_shift <= 0) == (sdf <= 0)
                 right_all.append(right)
                 right_near.append(right[:near])
+                right_fine.append(right[: near - near // 2])
+                right_coarse.append(right[near - near // 2 : near])
                 right_close.append(right[np.abs(sdf) < 0.01])  # within about half a 128³ voxel
                 right_far.append(far_values + args.iso_shift > 0)
             report["sign_accuracy"] = {"mixture": float(np.concatenate(right_all).mean()),
                                        "near_surface": float(np.concatenate(right_near).mean()),
+                                       "near_sigma_0.005": float(np.concatenate(right_fine).mean()),
+                                       "near_sigma_0.03": float(np.concatenate(right_coarse).mean()),
                                        "within_0.01": float(np.concatenate(right_close).mean()),
                                        "far_0.05": float(np.concatenate(right_far).mean())}
             scores = ", ".join(f"{key} {value:.4f}" for key, value in report["sign_accuracy"].items())

@@ -522,3 +522,33 @@ def _scene_spec(tmp_path: Path) -> Path:
     path = tmp_path / "scene.yaml"
     path.write_text(yaml.safe_dump(SPEC))
     return path
+
+
+def test_decoder_only_fine_tuning_keeps_the_latent_space(data_root, tmp_path):
+    """embedded-v2-object-decoder trains the decoder of a pipeline's object-frame VAE and leaves
+    the encoder and ``quant`` bit-identical (the same latents, so the transformer trained on them
+    stays valid); its targets are the object VAE run's."""
+    from safetensors.torch import load_file
+
+    from midi3d.models.autoencoders.shape_vae import BOX_CHANNELS
+
+    spec = {**SPEC, "vae": {**SPEC["vae"], "latent_channels": 4 + BOX_CHANNELS, "object_frame": True},
+            "transformer": {**SPEC["transformer"], "in_channels": 4 + BOX_CHANNELS}}
+    build_pipeline(PipelineSpec(**spec)).save_pretrained(tmp_path / "init")
+    config = load_train_config("embedded-v2-object-decoder", [
+        "max_steps=3", "batch_size=4", "latent_tokens=8", "query_points=128", "around_points=64",
+        "warmup_steps=1", "decay_start=1", "cache_jobs=1", "checkpoint_every=2", "log_every=1",
+        *[f"{k}={v}" for k, v in POINTS.items()]])
+    vae_run = load_train_config("embedded-v2-object-vae")
+    assert config.freeze_encoder and config.kl_weight == 0.0
+    assert (config.loss, config.sdf_offset, config.around_margin) == (vae_run.loss, vae_run.sdf_offset,
+                                                                      vae_run.around_margin)
+    run_training(config, data_root, tmp_path / "run", init=tmp_path / "init", cache_dir=tmp_path / "cache",
+                 quiet=True)
+    name = "vae/diffusion_pytorch_model.safetensors"
+    before, after = load_file(tmp_path / "init" / name), load_file(tmp_path / "run" / "final" / "pipeline" / name)
+    frozen = [key for key in before if key.startswith(("encoder.", "quant."))]
+    trained = [key for key in before if key.startswith("decoder.")]
+    assert frozen and trained
+    assert all(torch.equal(before[key], after[key]) for key in frozen)
+    assert any(not torch.equal(before[key], after[key]) for key in trained)
