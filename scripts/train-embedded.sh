@@ -70,8 +70,13 @@ OMP_NUM_THREADS=2 train embedded-v2-object-dit-box --data "$WORK/synth-train" --
 OMP_NUM_THREADS=2 train embedded-v2-object-layout --data "$WORK/synth-train" --out "$WORK/v2-object-layout" \
   --init "$WORK/v2-object-dit-box/final/pipeline" --cache-dir "$WORK/cache" --threads 2 -q
 
-# 11. Ship it (the model card README.md stays).
+# 11. The VAE's decoder alone, 6000 more steps (encoder and quant frozen: the latents, hence the
+#     transformer and layout model of that folder, stay valid; only vae/ changes).
+OMP_NUM_THREADS=2 train embedded-v2-object-decoder --data "$WORK/synth-train" --out "$WORK/v2-object-decoder" \
+  --init "$WORK/v2-object-layout/final/pipeline" --cache-dir "$WORK/cache" --threads 2 -q
+
+# 12. Ship it (the model card README.md stays).
 cp midi3d/assets/midi3d-tiny/README.md "$WORK/model-card.md"
 rm -rf midi3d/assets/midi3d-tiny
-cp -r "$WORK/v2-object-layout/final/pipeline" midi3d/assets/midi3d-tiny
+cp -r "$WORK/v2-object-decoder/final/pipeline" midi3d/assets/midi3d-tiny
 cp "$WORK/model-card.md" midi3d/assets/midi3d-tiny/README.md

@@ -151,11 +151,12 @@ def test_the_embedded_recipe_is_in_yaml_and_its_stages_parse():
 
     script = (REPO / "scripts" / "train-embedded.sh").read_text()
     names = re.findall(r"\b(embedded-[a-z0-9-]+)", script)
-    assert len(set(names)) == 11 and "--set" not in script
+    assert len(set(names)) == 12 and "--set" not in script
     for name in names:
         assert load_train_config(name).kind in ("vae", "dit", "layout")
     lineage = ["embedded-v2-object-vae", "embedded-v2-object-dit", "embedded-v2-object-dit-box",
-               "embedded-v2-object-layout"]  # v2's stages, each --init the one before (warm start: the VAE's folder)
+               "embedded-v2-object-layout", "embedded-v2-object-decoder"]  # v2's stages, each --init the one
+    # before (warm start: the VAE's folder)
     assert [n for n in names if n.startswith("embedded-v2")] == lineage
     defaults = OFFICIAL_DEFAULTS
     for name in lineage:  # as midi3d.training.run resolves them: None keeps the starting folder's
