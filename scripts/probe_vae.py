@@ -85,8 +85,8 @@ def main() -> None:
     tokens = args.tokens or pipe.transformer.config.width  # the official rule: latent tokens = transformer width
     report: dict = {"pipeline": str(args.pipeline), "objects": len(objects), "resolution": args.resolution,
                     "method": args.method, "tokens": tokens, "turn_to_footprint": args.turn_to_footprint,
-                    "footprint_turn_degrees": [float(np.degrees(-angle)) for angle, _ in turns], "iso_shift": args.iso_shift, "sign_offset": args.sign_offset,
-                    "noise": {}}
+                    "footprint_turn_degrees": [float(np.degrees(-angle)) for angle, _ in turns],
+                    "iso_shift": args.iso_shift, "sign_offset": args.sign_offset, "noise": {}}
     with torch.no_grad():
         posterior = pipe.vae.encode(torch.from_numpy(inputs), num_tokens=tokens).latent_dist
         spread = float(posterior.mean.std())
