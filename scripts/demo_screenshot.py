@@ -22,6 +22,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for_drawn_viewer(tab, timeout_s: float) -> None:
+    """Wait until the 3D viewer's canvas shows the scene and stops changing (software WebGL on a
+    loaded machine can take many seconds after the GLB arrives); still blank or moving after
+    ``timeout_s`` is an error."""
+    import io
+    import time
+
+    import numpy as np
+    from PIL import Image
+
+    deadline, last = time.time() + timeout_s, None
+    while time.time() < deadline:
+        for canvas in tab.locator("canvas").all():
+            if not canvas.is_visible():
+                continue
+            pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"), np.float32)
+            if pixels.std() <= 5.0:  # a background alone is uniform
+                continue
+            if last is not None and last.shape == pixels.shape and np.abs(last - pixels).max() < 1.0:
+                return  # drawn, and the same frame twice: the camera has settled
+            last = pixels
+            break
+        tab.wait_for_timeout(1000)
+    raise SystemExit(f"the 3D viewer was still blank or moving after {timeout_s:g} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="PNG to write")
@@ -48,7 +74,7 @@ def main() -> None:
                 browser = launch_browser(playwright, args.chromium or CHROMIUM)
                 tab = browser.new_page(viewport={"width": args.width, "height": 1300})
                 generate_in_page(tab, f"http://127.0.0.1:{port}/", rgb, seg, timeout_s=300)
-                tab.wait_for_timeout(3000)  # let the viewers finish drawing
+                wait_for_drawn_viewer(tab, timeout_s=90)
                 png = tab.screenshot(full_page=True)
                 browser.close()
         finally:
