@@ -75,12 +75,11 @@ def main() -> None:
     inputs, truth = encoder_inputs(args.data, objects)
     turns = [(0.0, np.zeros(3))] * len(objects)  # (angle, centre) per object
     if args.turn_to_footprint:
-        from midi3d.geometry.footprint import footprint_yaw, turned, turned_mesh, yaw_matrix
+        from midi3d.geometry.footprint import footprint_turn, turned, turned_mesh, turned_samples
 
-        turns = [(-footprint_yaw(points), (points.min(0) + points.max(0)) / 2) for points in truth]
+        turns = [footprint_turn(points) for points in truth]
         for index, (angle, centre) in enumerate(turns):
-            inputs[index, :, :3] = turned(inputs[index, :, :3], angle, centre)
-            inputs[index, :, 3:6] = inputs[index, :, 3:6] @ yaw_matrix(angle).T.astype(np.float32)
+            inputs[index] = turned_samples(inputs[index], angle, centre)
             truth[index] = turned(truth[index], angle, centre)
     tokens = args.tokens or pipe.transformer.config.width  # the official rule: latent tokens = transformer width
     report: dict = {"pipeline": str(args.pipeline), "objects": len(objects), "resolution": args.resolution,

@@ -63,7 +63,7 @@ def main() -> None:
     from PIL import Image
 
     from midi3d.data.layout import SCENE, encoder_inputs, listed_objects
-    from midi3d.geometry.footprint import footprint_yaw, turned, turned_mesh, yaw_matrix
+    from midi3d.geometry.footprint import footprint_turn, turned, turned_mesh, turned_samples
     from midi3d.io.files import write_atomic
     from midi3d.pipelines import MIDIPipeline
 
@@ -84,12 +84,10 @@ def main() -> None:
         mesh = trimesh.load(args.data / SCENE / room / f"{name}.glb", force="mesh")
         columns = [row(inputs[index], truth[index], mesh)]
         if args.with_turned:
-            angle, centre = -footprint_yaw(truth[index]), (truth[index].min(0) + truth[index].max(0)) / 2
-            samples = inputs[index].copy()
-            samples[:, :3] = turned(samples[:, :3], angle, centre)
-            samples[:, 3:6] = samples[:, 3:6] @ yaw_matrix(angle).T.astype(np.float32)
+            angle, centre = footprint_turn(truth[index])
             gap = np.full((args.cells, 8, 3), 255, np.uint8)
-            columns += [gap, row(samples, turned(truth[index], angle, centre), turned_mesh(mesh, angle, centre))]
+            columns += [gap, row(turned_samples(inputs[index], angle, centre), turned(truth[index], angle, centre),
+                                 turned_mesh(mesh, angle, centre))]
             print(f"{room}/{name}: turned by {np.degrees(-angle):.1f} degrees to its footprint")
         rows.append(np.concatenate(columns, 1))
         rows.append(np.full((8, rows[-1].shape[1], 3), 255, np.uint8))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from midi3d.geometry.footprint import footprint_yaw, turned, turned_mesh
+from midi3d.geometry.footprint import footprint_turn, footprint_yaw, turned, turned_mesh, turned_samples
 
 
 @pytest.mark.parametrize("degrees", [0.0, 11.5, 37.0, 63.0, 89.0])
@@ -32,3 +32,15 @@ def test_turning_points_and_mesh_agree():
     centre, angle = np.array([0.1, 0.0, -0.2]), 0.7
     assert np.allclose(turned(mesh.vertices, angle, centre), turned_mesh(mesh, angle, centre).vertices)
     assert np.allclose(turned(turned(mesh.vertices, angle, centre), -angle, centre), mesh.vertices)
+
+
+def test_turned_samples_turn_points_and_normals_alike():
+    mesh = trimesh.creation.box([0.5, 0.2, 0.3])
+    points, faces = trimesh.sample.sample_surface(mesh, 500, seed=1)
+    samples = np.concatenate([points, mesh.face_normals[faces]], 1).astype(np.float32)
+    angle, centre = footprint_turn(turned(points, 0.4, np.zeros(3)))
+    moved = turned_samples(samples, 0.7, centre)
+    assert moved.dtype == np.float32 and angle == pytest.approx(-0.4, abs=1e-6)
+    assert np.allclose(moved[:, :3], turned(points, 0.7, centre), atol=1e-6)
+    assert np.allclose(moved[:, 3:], turned(samples[:, 3:], 0.7, np.zeros(3)), atol=1e-6)  # normals: no shift
+    assert np.allclose(np.linalg.norm(moved[:, 3:], axis=1), 1.0, atol=1e-5)

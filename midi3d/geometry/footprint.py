@@ -49,3 +49,17 @@ def turned_mesh(mesh: trimesh.Trimesh, angle: float, centre: np.ndarray) -> trim
     transform[:3, :3] = yaw_matrix(angle)
     transform[:3, 3] = centre - transform[:3, :3] @ centre
     return mesh.copy().apply_transform(transform)
+
+
+def footprint_turn(points: np.ndarray) -> tuple[float, np.ndarray]:
+    """The turn ``(angle, centre)`` that brings ``points (n, 3)`` to their tightest footprint:
+    minus :func:`footprint_yaw`, about the vertical axis through their box centre."""
+    return -footprint_yaw(points), (points.min(0) + points.max(0)) / 2
+
+
+def turned_samples(samples: np.ndarray, angle: float, centre: np.ndarray) -> np.ndarray:
+    """Surface samples ``(n, 6)`` (points, normals) turned as :func:`turned` turns points."""
+    out = np.array(samples, copy=True)
+    out[:, :3] = turned(samples[:, :3], angle, centre)
+    out[:, 3:6] = (np.asarray(samples[:, 3:6], np.float64) @ yaw_matrix(angle).T).astype(out.dtype)
+    return out
